@@ -1,0 +1,1 @@
+"""iBOT core: backbone, head, loss, masking, multi-crop, schedules and checkpoint formats."""

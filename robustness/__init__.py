@@ -1,0 +1,1 @@
+"""robustness package."""
