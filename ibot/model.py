@@ -7,6 +7,7 @@ from typing import Mapping
 import torch
 from torch import Tensor, nn
 
+from ibot.checkpoint import map_weight_norm_keys
 from ibot.head import iBOTHead
 from ibot.vit import ARCHS, build_vit, iBOTViT
 
@@ -52,22 +53,27 @@ def build_student_teacher(
     shared_head_teacher: bool = True,
     norm_last_layer: bool = True,
     grad_checkpointing: bool = False,
+    head_hidden_dim: int = 2048,
+    head_bottleneck_dim: int = 256,
+    vit_overrides: Mapping[str, int] | None = None,
 ) -> tuple[iBOTModel, iBOTModel]:
     """Student (mask token, drop path, ``norm_last_layer`` as given) and teacher (no mask token,
     no drop path, ``norm_last_layer=True``, no gradients) initialised from the student as in the
-    official ``train_ibot``. Defaults are the official argparse defaults."""
-    student = iBOTModel(
-        build_vit(arch, patch_size=patch_size, img_size=img_size, drop_path_rate=drop_path_rate,
-                  masked_im_modeling=True, grad_checkpointing=grad_checkpointing),
-        iBOTHead(ARCHS[arch]["embed_dim"], out_dim, patch_out_dim, norm_last_layer=norm_last_layer,
-                 shared_head=shared_head),
-    )
+    official ``train_ibot``. Defaults are the official argparse defaults; ``vit_overrides`` (e.g.
+    ``dict(embed_dim=32, depth=2, num_heads=2)``) changes the ViT size for tests."""
+    over = dict(vit_overrides or {})
+
+    def vit(**kw) -> iBOTViT:
+        return build_vit(arch, patch_size=patch_size, img_size=img_size, **over, **kw)
+
+    s_bb = vit(drop_path_rate=drop_path_rate, masked_im_modeling=True, grad_checkpointing=grad_checkpointing)
+    dim = s_bb.embed_dim
+    head = dict(hidden_dim=head_hidden_dim, bottleneck_dim=head_bottleneck_dim)
+    student = iBOTModel(s_bb, iBOTHead(dim, out_dim, patch_out_dim, norm_last_layer=norm_last_layer,
+                                       shared_head=shared_head, **head))
     teacher_patch_dim = out_dim if shared_head_teacher else patch_out_dim
-    teacher = iBOTModel(
-        build_vit(arch, patch_size=patch_size, img_size=img_size, drop_path_rate=0.0),
-        iBOTHead(ARCHS[arch]["embed_dim"], out_dim, teacher_patch_dim, norm_last_layer=True,
-                 shared_head=shared_head_teacher),
-    )
+    teacher = iBOTModel(vit(drop_path_rate=0.0), iBOTHead(dim, out_dim, teacher_patch_dim, norm_last_layer=True,
+                                                          shared_head=shared_head_teacher, **head))
     # Official: teacher.load_state_dict(student.state_dict(), strict=False); the only extra student
     # key is backbone.masked_embed. With a shared teacher head both names are loaded in order, so an
     # unshared student's last_layer2 ends up in the teacher's shared layer, as in the official code.
@@ -88,12 +94,7 @@ def load_model_state(
     Missing or unexpected keys raise, except those starting with an ``ignore_*`` prefix, which are
     logged. Old/new weight-norm names (``weight_g``/``parametrizations.weight.original0``) are mapped.
     """
-    sd = {}
-    for k, v in state_dict.items():
-        k = k[len("module."):] if k.startswith("module.") else k
-        k = k.replace("parametrizations.weight.original0", "weight_g").replace(
-            "parametrizations.weight.original1", "weight_v")
-        sd[k] = v
+    sd = map_weight_norm_keys(_strip(state_dict))
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

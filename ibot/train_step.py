@@ -14,31 +14,61 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ibot.loss import iBOTLoss
+from ibot.masking import mask_to_indices
 from ibot.model import iBOTModel
 from ibot.optim import cancel_last_layer_gradients, clip_gradients, ema_update, shared_parameters
-
-
-def masks_to_gather(masks: Tensor, max_masked: int | None = None) -> tuple[Tensor, Tensor]:
-    """Masks (G, h, w) bool -> indices (G, M) of patch tokens and weights (G, M) (1 = masked).
-
-    Masked positions come first in token order; the remaining slots hold unmasked positions with
-    weight 0, so M is static (``max_masked``, default N = h·w) and no host sync is needed.
-    """
-    flat = masks.flatten(1)
-    n = flat.shape[1]
-    m = n if max_masked is None else min(int(max_masked), n)
-    # Stable sort on "not masked" puts masked tokens first, each group in token order.
-    order = torch.sort((~flat).to(torch.uint8), dim=1, stable=True).indices[:, :m]
-    weight = torch.gather(flat, 1, order).to(torch.float32)
-    return order, weight
 
 
 def _gather_tokens(x: Tensor, idx: Tensor) -> Tensor:
     """x (G, N, C), idx (G, M) -> (G, M, C)."""
     return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class StudentPass(nn.Module):
+    """The student's side of one step as a single module (what DDP wraps).
+
+    forward(glob (G, 3, H, W), mask (G, h, w), locals [(B, 3, h', w')...], idx (G, M) | None) ->
+    ([CLS] logits (G, K), local [CLS] logits (L, K) | None, patch logits (G, M or N, Kp)).
+    With ``idx`` the head runs on [CLS] and the gathered tokens only.
+    """
+
+    def __init__(self, student: iBOTModel, head_on_masked_only: bool = True) -> None:
+        super().__init__()
+        self.student = student
+        self.head_on_masked_only = head_on_masked_only
+
+    def forward(self, glob: Tensor, mask: Tensor, local_crops: list[Tensor],
+                idx: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor]:
+        head = self.student.head
+        tok = self.student.backbone(glob, mask=mask, return_all_tokens=True)
+        s_local = None
+        if local_crops:
+            local_tok = self.student.tokens(local_crops)
+            s_local = head(local_tok[:, 0]) if idx is not None else head(local_tok)[0]
+        if idx is None:
+            s_cls, s_patch = head(tok)
+            return s_cls, s_local, s_patch
+        z = head.embed(torch.cat((tok[:, :1], _gather_tokens(tok[:, 1:], idx)), dim=1))
+        return head.last_layer(z[:, 0]), s_local, head.last_layer2(z[:, 1:])
+
+
+@torch.no_grad()
+def teacher_pass(teacher: iBOTModel, glob: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Teacher logits of the global crops: ([CLS] (G, K), patch (G, M or N, Kp), mean patch (G, Kp) | None).
+
+    With ``idx`` the last layer runs on the gathered tokens plus each image's mean bottleneck
+    feature (the last layer is linear, so this is the mean of its outputs over all tokens).
+    """
+    tok = teacher.backbone(glob, return_all_tokens=True)
+    if idx is None:
+        t_cls, t_patch = teacher.head(tok)
+        return t_cls, t_patch, None
+    z = teacher.head.embed(tok)
+    return (teacher.head.last_layer(z[:, 0]), teacher.head.last_layer2(_gather_tokens(z[:, 1:], idx)),
+            teacher.head.last_layer2(z[:, 1:].mean(dim=1)))
 
 
 @dataclass
@@ -53,9 +83,12 @@ class iBOTTrainStep:
         clip_grad: per-parameter gradient norm bound (0 disables).
         freeze_last_layer: epochs during which ``*last_layer*`` gradients are dropped.
         head_on_masked_only: run the heads only where the loss needs them (same results, faster).
-        max_masked: static bound on masked tokens per crop for the gather (None = all tokens).
+        max_masked: static bound on masked tokens per crop for the gather (None = all tokens;
+            use ``ibot.masking.max_masked_tokens`` for the configuration's proven bound).
         autocast_dtype: e.g. ``torch.bfloat16`` for mixed precision; None = fp32.
         scaler: a ``torch.amp.GradScaler`` for fp16.
+        student_pass: the student's forward as one module — pass ``DDP(StudentPass(student, ...))``
+            for multi-process training (DDP must see the whole forward); default unwrapped.
     """
 
     student: iBOTModel
@@ -71,10 +104,13 @@ class iBOTTrainStep:
     max_masked: int | None = None
     autocast_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+    student_pass: nn.Module | None = None
     _ema: tuple[list[Tensor], list[Tensor]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._ema = shared_parameters(self.student, self.teacher)
+        if self.student_pass is None:
+            self.student_pass = StudentPass(self.student, self.head_on_masked_only)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -91,31 +127,16 @@ class iBOTTrainStep:
             raise ValueError(f"expected a mask for each of the {ng} global crops, got {len(masks)}")
         glob = torch.cat(images[:ng])
         mask = torch.cat(masks[:ng])
-        s_bb, s_head = self.student.backbone, self.student.head
-        t_bb, t_head = self.teacher.backbone, self.teacher.head
+        idx = weight = None
+        if self.head_on_masked_only:
+            m = mask[0].numel() if self.max_masked is None else self.max_masked
+            # check=False: no host sync; the bound comes from max_masked_tokens (proven, tested).
+            idx, weight = mask_to_indices(mask, m, check=False)
         with self._autocast(glob.device):
-            with torch.no_grad():
-                t_tok = t_bb(glob, return_all_tokens=True)
-            s_tok = s_bb(glob, mask=mask, return_all_tokens=True)
-            s_local = None
-            if len(images) > ng:
-                local_tok = self.student.tokens(images[ng:])
-                s_local = s_head(local_tok[:, 0]) if self.head_on_masked_only else s_head(local_tok)[0]
-
-            if self.head_on_masked_only:
-                idx, weight = masks_to_gather(mask, self.max_masked)
-                s_z = s_head.embed(torch.cat((s_tok[:, :1], _gather_tokens(s_tok[:, 1:], idx)), dim=1))
-                s_cls, s_patch = s_head.last_layer(s_z[:, 0]), s_head.last_layer2(s_z[:, 1:])
-                with torch.no_grad():
-                    t_z = t_head.embed(t_tok)
-                    t_cls = t_head.last_layer(t_z[:, 0])
-                    t_patch = t_head.last_layer2(_gather_tokens(t_z[:, 1:], idx))
-                    t_mean = t_head.last_layer2(t_z[:, 1:].mean(dim=1))
-            else:
-                s_cls, s_patch = s_head(s_tok)
-                with torch.no_grad():
-                    t_cls, t_patch = t_head(t_tok)
-                weight, t_mean = mask.flatten(1).float(), None
+            t_cls, t_patch, t_mean = teacher_pass(self.teacher, glob, idx)  # official order: teacher first
+            s_cls, s_local, s_patch = self.student_pass(glob, mask, images[ng:], idx)
+        if weight is None:
+            weight = mask.flatten(1).float()
         # The loss runs in fp32: softmax over 8192 classes at 0.04 temperature needs the range.
         return self.loss(
             s_cls.float(), None if s_local is None else s_local.float(), s_patch.float(),

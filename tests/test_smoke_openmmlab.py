@@ -49,11 +49,11 @@ def test_mmdet_cascade_mask_rcnn_loss_backward() -> None:
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.structures import InstanceData
 
     register_all_modules()
-    cfg = Config.fromfile("mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py")
+    cfg = get_config("mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py")
     cfg.model.backbone.depth = 18  # small and fast; the heads are the real thing
     cfg.model.backbone.init_cfg = None  # no download
     cfg.model.neck.in_channels = [64, 128, 256, 512]
@@ -82,14 +82,14 @@ def test_mmdet_cascade_mask_rcnn_loss_backward() -> None:
 
 
 def test_mmseg_upernet_loss_backward() -> None:
-    from mmengine.config import Config
+    from mmengine.hub import get_config
     from mmengine.structures import PixelData
     from mmseg.registry import MODELS
     from mmseg.structures import SegDataSample
     from mmseg.utils import register_all_modules
 
     register_all_modules()
-    cfg = Config.fromfile("mmseg::_base_/models/upernet_r50.py")
+    cfg = get_config("mmseg::_base_/models/upernet_r50.py")
     cfg.model.backbone.depth = 18
     cfg.model.backbone.init_cfg = None
     cfg.model.pretrained = None

@@ -57,7 +57,7 @@ stamp_value() {
 
 # ---------------------------------------------------------------- fast path
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ]; then
-  if "$VENV/bin/python" -c "import torch, mmcv.ops, mmdet, mmseg, timm, imagecorruptions, ibot" >/dev/null 2>&1; then
+  if "$VENV/bin/python" -c "import torch, mmcv.ops, mmdet, mmseg, timm, ibot.compat.imagecorruptions" >/dev/null 2>&1; then
     echo "[setup] environment in place ($VENV); nothing to do ($(( $(date +%s) - T0 ))s)"
     exit 0
   fi
@@ -154,7 +154,10 @@ run_step packages install_packages
 # ---------------------------------------------------------------- 5. check
 check_stack() {
   "$PY" - <<'PY'
-import torch, torchvision, timm, mmengine, mmcv, mmdet, mmseg, imagecorruptions, numpy, setuptools
+import importlib.metadata as md
+import torch, torchvision, timm, mmengine, mmcv, mmdet, mmseg, numpy, setuptools
+from ibot.compat.imagecorruptions import install as install_corruptions
+install_corruptions()  # imagecorruptions 1.1.2 needs the compat shim on this stack
 from mmcv.ops import nms, RoIAlign
 boxes = torch.tensor([[0., 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]])
 scores = torch.tensor([0.9, 0.8, 0.7])
@@ -167,7 +170,7 @@ assert out.shape == (1, 1, 2, 2) and torch.isfinite(out).all()
 import ibot, pretrain, det, seg, robustness, transfer  # noqa: F401  (project packages)
 for m in (torch, torchvision, timm, mmengine, mmcv, mmdet, mmseg, numpy, setuptools):
     print(f"{m.__name__:>12} {m.__version__}")
-print(f"{'imagecorruptions':>12} {imagecorruptions.__version__ if hasattr(imagecorruptions, '__version__') else '1.1.2'}")
+print(f"{'imagecorruptions':>12} {md.version('imagecorruptions')}")
 print("mmcv.ops nms + RoIAlign: ok; CUDA available:", torch.cuda.is_available())
 PY
 }

@@ -1,0 +1,231 @@
+"""The iBOT pretraining loop: builds everything from a config, trains, checkpoints, resumes.
+
+One iteration is ``ibot.train_step.iBOTTrainStep`` (the official step, parity-tested). Around it:
+DDP over the student pass, seeded per-sample data, atomic checkpoints with the full training state
+(bit-identical resume), logging at an interval (the only host sync), a non-finite-loss stop that
+keeps the last good checkpoint, and an export of the teacher backbone at the end.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from mmengine.config import Config
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ibot.augment import MultiCropAugmentation
+from ibot.checkpoint import save_file
+from ibot.loss import iBOTLoss
+from ibot.masking import MaskGenerator, max_masked_tokens
+from ibot.model import build_student_teacher
+from ibot.optim import param_groups
+from ibot.schedules import cosine_scheduler
+from ibot.train_step import StudentPass, iBOTTrainStep
+from pretrain.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, scan_images
+from pretrain.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, shutdown
+from pretrain.monitor import Monitor, train_flops_per_image
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _amp(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype, use GradScaler); mixed precision only on CUDA."""
+    amp = cfg.train.amp
+    if amp not in (None, "bf16", "fp16"):
+        raise ValueError(f"train.amp must be 'bf16', 'fp16' or None, got {amp!r}")
+    if amp is None or device.type != "cuda":
+        return None, False
+    return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+def build_loader(cfg: Config, env: DistEnv) -> tuple[DataLoader, ResumableBatchSampler]:
+    a, d = cfg.augmentation, cfg.data
+    paths, _, _ = scan_images(d.root, d.layout)
+    aug = MultiCropAugmentation(
+        global_crops_scale=tuple(a.global_crops_scale), local_crops_scale=tuple(a.local_crops_scale),
+        global_crops_number=a.global_crops_number, local_crops_number=a.local_crops_number,
+        global_crop_size=a.global_crop_size, local_crop_size=a.local_crop_size)
+    masks = MaskGenerator(cfg.masking.pred_ratio, cfg.masking.pred_ratio_var,
+                          pred_shape=cfg.masking.pred_shape, pred_start_epoch=cfg.masking.pred_start_epoch)
+    ds = PretrainDataset(paths, aug, masks, cfg.model.patch_size, a.global_crops_number,
+                         seed=cfg.train.seed, on_bad_file=d.on_bad_file)
+    sampler = ResumableBatchSampler(len(ds), d.batch_size_per_gpu, env.rank, env.world, seed=cfg.train.seed)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
+                        pin_memory=env.device.type == "cuda", persistent_workers=False,
+                        prefetch_factor=4 if d.num_workers else None)
+    return loader, sampler
+
+
+def train(cfg: Config, work_dir: str, resume: bool | str = True, device: str | None = None) -> dict:
+    """Run pretraining as configured; returns the last logged record.
+
+    ``resume``: True = continue from the newest checkpoint in ``work_dir`` if any, a path = from
+    that checkpoint, False = start fresh (refuses to overwrite a work dir that has checkpoints).
+    """
+    env = init_distributed(device)
+    try:
+        return _train(cfg, work_dir, resume, env)
+    finally:
+        shutdown(env)
+
+
+def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict:
+    os.makedirs(work_dir, exist_ok=True)
+    if env.is_main:
+        cfg.dump(os.path.join(work_dir, "config.py"))
+    loader, sampler = build_loader(cfg, env)
+    niter = sampler.batches_per_epoch
+    epochs = cfg.train.epochs
+    total = epochs * niter
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (teacher is not DDP)
+    student, teacher = build_student_teacher(**cfg.model)
+    torch.manual_seed(cfg.train.seed + env.rank)  # drop-path draws differ per rank, like the official
+    student.to(env.device)
+    teacher.to(env.device)
+    a, lo, o = cfg.augmentation, cfg.loss, cfg.optim
+    loss = iBOTLoss(
+        cfg.model.out_dim, cfg.model.out_dim if (cfg.model.shared_head or cfg.model.shared_head_teacher)
+        else cfg.model.patch_out_dim, a.global_crops_number, a.local_crops_number,
+        lo.warmup_teacher_temp, lo.teacher_temp, lo.warmup_teacher_patch_temp, lo.teacher_patch_temp,
+        lo.warmup_teacher_temp_epochs, epochs, lambda1=lo.lambda1, lambda2=lo.lambda2,
+        mim_start_epoch=cfg.masking.pred_start_epoch).to(env.device)
+    cuda = env.device.type == "cuda"
+    optimizer = torch.optim.AdamW(param_groups(student), **({"fused": True} if cuda else {"foreach": True}))
+    batch = cfg.data.batch_size_per_gpu * env.world
+    lr = cosine_scheduler(o.lr * batch / 256.0, o.min_lr, epochs, niter, warmup_epochs=o.warmup_epochs)
+    wd = cosine_scheduler(o.weight_decay, o.weight_decay_end, epochs, niter)
+    mom = cosine_scheduler(o.momentum_teacher, 1.0, epochs, niter)
+    dtype, use_scaler = _amp(cfg, env.device)
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+
+    spass: torch.nn.Module = StudentPass(student, cfg.train.head_on_masked_only)
+    if env.world > 1:
+        spass = DistributedDataParallel(spass, device_ids=[env.local_rank] if cuda else None)
+    if cfg.train.compile:
+        spass = torch.compile(spass)
+    grid = a.global_crop_size // cfg.model.patch_size
+    step = iBOTTrainStep(
+        student, teacher, loss, optimizer, lr, wd, mom, clip_grad=o.clip_grad,
+        freeze_last_layer=o.freeze_last_layer, head_on_masked_only=cfg.train.head_on_masked_only,
+        max_masked=max_masked_tokens((grid, grid), cfg.masking.pred_ratio, cfg.masking.pred_ratio_var),
+        autocast_dtype=dtype, scaler=scaler, student_pass=spass)
+
+    start = 0
+    ckpt_path = latest_checkpoint(work_dir) if resume is True else (resume or None)
+    if resume is False and latest_checkpoint(work_dir):
+        raise FileExistsError(f"{work_dir} already holds checkpoints; resume, or choose another work dir")
+    if ckpt_path:
+        start = _restore(ckpt_path, student, teacher, loss, optimizer, scaler, env)
+        if env.is_main:
+            print(f"resumed from {ckpt_path} at iteration {start}/{total}", flush=True)
+    images_per_iter = batch * (a.global_crops_number + a.local_crops_number)
+    monitor = Monitor(work_dir, total, start, train_flops_per_image(cfg) / (a.global_crops_number + a.local_crops_number),
+                      env.device, env.world, cfg.log.tensorboard, enabled=env.is_main)
+    record: dict = {}
+    acc = torch.zeros(4, device=env.device)  # cls, patch, loss, non-finite count since the last log
+    bad_files = torch.zeros((), device=env.device)
+    n_acc = 0
+    it = start
+    try:
+        for epoch in range(start // niter, epochs):
+            sampler.state.epoch, sampler.state.batch = epoch, it - epoch * niter
+            for crops, masks, n_bad in loader:
+                crops = [c.to(env.device, non_blocking=True) for c in crops]
+                masks = [m.to(env.device, non_blocking=True) for m in masks]
+                out = step(crops, masks, epoch, it)
+                it += 1
+                terms = torch.stack((out["cls"], out["patch"], out["loss"]))
+                acc[:3] += terms
+                acc[3] += (~torch.isfinite(out["loss"])).float()
+                bad_files += n_bad.to(env.device)
+                n_acc += 1
+                last = it == total or it % niter == 0
+                ckpt_due = last or (cfg.checkpoint.interval_iters and it % cfg.checkpoint.interval_iters == 0)
+                if it % cfg.log.interval == 0 or ckpt_due:
+                    record = _log(monitor, acc, n_acc, bad_files, step, epoch, it, images_per_iter, env)
+                    acc.zero_()
+                    n_acc = 0
+                if ckpt_due:
+                    _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sampler, env)
+    finally:
+        monitor.close()
+    if env.is_main:
+        path = os.path.join(work_dir, "teacher_backbone.pth")
+        sd = {k[len("backbone."):]: v.detach().cpu() for k, v in teacher.state_dict().items()
+              if k.startswith("backbone.")}
+        save_file({"state_dict": sd}, path)
+        print(f"done: {it} iterations; teacher backbone for downstream use: {path}", flush=True)
+    barrier(env)
+    return record
+
+
+def _log(monitor: Monitor, acc: torch.Tensor, n: int, bad_files: torch.Tensor, step: iBOTTrainStep,
+         epoch: int, it: int, images_per_iter: int, env: DistEnv) -> dict:
+    vals = all_reduce_mean(acc, env)
+    vals = vals.tolist()  # the host sync of this interval
+    if vals[3] > 0 or not math.isfinite(vals[2]):
+        raise NonFiniteLossError(
+            f"non-finite loss between iterations {it - n + 1} and {it} (epoch {epoch}); stopping. The last "
+            "good checkpoint is kept; lower the learning rate, use bf16 instead of fp16, or resume from it.")
+    g = step.optimizer.param_groups[0]
+    scalars = dict(loss=vals[2] / n, cls=vals[0] / n, patch=vals[1] / n, lr=g["lr"], wd=g["weight_decay"],
+                   momentum=float(step.momentum_schedule[it - 1]), epoch=epoch,
+                   teacher_temp=float(step.loss.teacher_temp_schedule[epoch]),
+                   teacher_patch_temp=float(step.loss.teacher_temp2_schedule[epoch]),
+                   skipped_files=float(all_reduce_mean(bad_files, env).item() * env.world))
+    return monitor.log(it, scalars, images_per_iter)
+
+
+def _rng_states(env: DistEnv) -> list[torch.Tensor]:
+    own = [torch.get_rng_state()]
+    if env.device.type == "cuda":
+        own.append(torch.cuda.get_rng_state(env.device))
+    if env.world == 1:
+        return own
+
+    gathered: list = [None] * env.world
+    dist.all_gather_object(gathered, own)
+    return [s for per_rank in gathered for s in per_rank]  # flattened, rank-major
+
+
+def _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sampler, env) -> None:
+    rng = _rng_states(env)  # a collective: every rank calls it
+    if env.is_main:
+        state = dict(
+            student=student.state_dict(), teacher=teacher.state_dict(), ibot_loss=loss.state_dict(),
+            optimizer=optimizer.state_dict(), fp16_scaler=scaler.state_dict() if scaler else None,
+            epoch=it // niter, iteration=it, sampler=dict(epoch=it // niter, batch=it % niter),
+            rng=rng, world_size=env.world, config=cfg.to_dict())
+        save_checkpoint(state, work_dir, cfg.checkpoint.keep_last, cfg.checkpoint.saveckp_freq, niter)
+    barrier(env)
+
+
+def _restore(path, student, teacher, loss, optimizer, scaler, env: DistEnv) -> int:
+    state = load_checkpoint(path)
+    student.load_state_dict(state["student"])
+    teacher.load_state_dict(state["teacher"])
+    loss.load_state_dict(state["ibot_loss"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("fp16_scaler"):
+        scaler.load_state_dict(state["fp16_scaler"])
+    per_rank = 2 if env.device.type == "cuda" else 1
+    rng = state["rng"]
+    if state.get("world_size") == env.world and len(rng) == per_rank * env.world:
+        mine = rng[env.rank * per_rank:(env.rank + 1) * per_rank]
+        torch.set_rng_state(mine[0].cpu())
+        if per_rank == 2:
+            torch.cuda.set_rng_state(mine[1].cpu(), env.device)
+    else:
+        log.warning("checkpoint was written by %s processes, now %s: drop-path RNG streams restart "
+                    "(training continues, but not bit-identically)", state.get("world_size"), env.world)
+    return int(state["iteration"])

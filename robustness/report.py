@@ -1,0 +1,333 @@
+"""Robustness reports: result files of one or several models -> Markdown, a self-contained HTML page, a JSON summary.
+
+Tables follow the field's formats: ``Model | Clean err | mCE | rel. mCE`` (Hendrycks & Dietterich; hendrycks/robustness
+README), IN-9 variant accuracies with BG-Gap (Xiao et al.), occlusion accuracy per information loss (Naseer et al.),
+``Model | P | mPC | rPC`` (Michaelis et al.). Plots (matplotlib, Agg): error vs severity per corruption, occlusion
+curves, background-variant bars, dense metric vs severity. The HTML page embeds every plot as a base64 PNG, so it is
+one file that can be mailed or archived; the Markdown file references the same PNGs written next to it.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import backgrounds, dense, imagenet_c, occlusion, ood
+from .metrics import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+from .store import atomic_write_json, load_results
+
+__all__ = ["build_report", "summarize_results"]
+
+_VARIANT_TITLES = {"original": "Original", "only_fg": "Only-FG", "mixed_same": "Mixed-Same", "mixed_rand": "Mixed-Rand",
+                   "mixed_next": "Mixed-Next", "no_fg": "No-FG", "only_bg_b": "Only-BG-B", "only_bg_t": "Only-BG-T"}
+_OOD_TITLES = {"imagenet_a": "IN-A", "imagenet_r": "IN-R", "imagenet_sketch": "IN-Sketch"}
+_SHORT = {"gaussian_noise": "Gauss", "shot_noise": "Shot", "impulse_noise": "Impulse", "defocus_blur": "Defocus",
+          "glass_blur": "Glass", "motion_blur": "Motion", "zoom_blur": "Zoom", "snow": "Snow", "frost": "Frost",
+          "fog": "Fog", "brightness": "Bright", "contrast": "Contrast", "elastic_transform": "Elastic",
+          "pixelate": "Pixel", "jpeg_compression": "JPEG", "speckle_noise": "Speckle", "gaussian_blur": "G-Blur",
+          "spatter": "Spatter", "saturate": "Saturate"}
+
+
+# ------------------------------------------------------------------------------------------------ summaries
+def summarize_results(data: Mapping[str, Any], *, baseline: Mapping[str, Any] | None = None) -> dict:
+    """Summary of one result file (see :mod:`robustness.store`); ``baseline``: another result file whose
+    ``imagenet_c`` cells normalise CE instead of the published AlexNet errors."""
+    groups = data.get("groups", {})
+    out: dict[str, Any] = {"model": data.get("model"), "meta": data.get("meta", {})}
+    if imagenet_c.GROUP in groups:
+        kw = {}
+        if baseline is not None:
+            base, base_clean = imagenet_c.baseline_from_cells(baseline["groups"][imagenet_c.GROUP]["cells"])
+            kw = dict(baseline=base, baseline_clean_err=base_clean)
+        s = imagenet_c.summarize(groups[imagenet_c.GROUP]["cells"], **kw)
+        if baseline is not None:
+            s["baseline"] = f"{baseline.get('model')} (evaluated in this harness)"
+        s["config"] = groups[imagenet_c.GROUP].get("config", {})
+        out["imagenet_c"] = s
+    if occlusion.GROUP in groups:
+        out["occlusion"] = occlusion.summarize(groups[occlusion.GROUP]["cells"])
+        out["occlusion"]["config"] = groups[occlusion.GROUP].get("config", {})
+    if backgrounds.GROUP in groups:
+        out["backgrounds"] = backgrounds.summarize(groups[backgrounds.GROUP]["cells"])
+        out["backgrounds"]["config"] = groups[backgrounds.GROUP].get("config", {})
+    if ood.GROUP in groups:
+        out["ood"] = ood.summarize(groups[ood.GROUP]["cells"])
+    for task in ("det_c", "seg_c"):
+        if task in groups and "clean" in groups[task]["cells"]:
+            out[task] = dense.summarize(groups[task]["cells"], task)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{100.0 * x:.{digits}f}"
+
+
+def _num(x: float | None, digits: int = 1) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Doc:
+    """Builds the Markdown and HTML bodies side by side."""
+
+    def __init__(self, plot_dir: Path) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+        self.plot_dir = plot_dir
+        self.plots: list[str] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md.append("#" * level + " " + text)
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(text)
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        if rows:
+            self.md.append(_md_table(header, rows))
+            self.html.append(_html_table(header, rows))
+
+    def figure(self, fig: Any, name: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        png = buf.getvalue()
+        self.plot_dir.mkdir(parents=True, exist_ok=True)
+        (self.plot_dir / f"{name}.png").write_bytes(png)
+        self.plots.append(name)
+        self.md.append(f"![{caption}]({self.plot_dir.name}/{name}.png)")
+        b64 = base64.b64encode(png).decode()
+        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
+                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _grid_plot(series: Mapping[str, Mapping[str, Mapping[str, float]]], names: Sequence[str], ylabel: str,
+               title: str, percent: bool = True):
+    """One subplot per corruption: value vs severity, one line per model. ``series[model][corruption][sev]``."""
+    plt = _plt()
+    names = [n for n in names if any(n in s for s in series.values())]
+    cols = min(5, max(1, len(names)))
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.4 * rows), squeeze=False, sharey=True)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
+        for model, per_c in series.items():
+            if name not in per_c:
+                continue
+            pts = sorted((int(s), v) for s, v in per_c[name].items())
+            ax.plot([p[0] for p in pts], [(100 * p[1] if percent else p[1]) for p in pts], marker="o", ms=3,
+                    label=model)
+        ax.set_title(name.replace("_", " "), fontsize=9)
+        ax.set_xticks([1, 2, 3, 4, 5])
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ sections
+def _section_imagenet_c(doc: _Doc, summaries: Sequence[dict]) -> None:
+    models = [s for s in summaries if "imagenet_c" in s]
+    if not models:
+        return
+    doc.heading("ImageNet-C")
+    rows = []
+    for s in models:
+        c = s["imagenet_c"]
+        rows.append([s["model"], _pct(c["clean_err"]), _num(c["mce"]), _num(c["relative_mce"]),
+                     _pct(c["mean_err_15"]), _pct(c["mean_err_19"]), c["baseline"]])
+    doc.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", "CE normalised by"], rows)
+    doc.para("Errors are top-1 in %. mCE = mean over the 15 benchmark corruptions of CE_c = 100 · mean_s err / "
+             "AlexNet err_c (lower is better; '–' when not all 15 × 5 cells were evaluated). 'mean err' columns are the "
+             "un-normalised means over 15 / all 19 corruptions that hendrycks' and iBOT's scripts print. Corruptions "
+             "computed on the fly differ from the released ImageNet-C JPEGs; normalise by an AlexNet evaluated the "
+             "same way (--baseline) for a like-for-like CE.")
+    present = [c for c in BENCHMARK_CORRUPTIONS if any(c in s["imagenet_c"]["corruption_err"] for s in models)]
+    doc.table(["Model (err %)"] + [_SHORT[c] for c in present],
+              [[s["model"]] + [_pct(s["imagenet_c"]["corruption_err"].get(c)) for c in present] for s in models])
+    if any(s["imagenet_c"]["ce"] for s in models):
+        doc.table(["Model (CE)"] + [_SHORT[c] for c in present],
+                  [[s["model"]] + [_num(s["imagenet_c"]["ce"].get(c)) for c in present] for s in models])
+    extra = [c for c in EXTRA_CORRUPTIONS if any(c in s["imagenet_c"]["extra"]["corruption_err"] for s in models)]
+    if extra:
+        doc.heading("Extra (hold-out) corruptions — not part of mCE", 3)
+        doc.table(["Model (err %)"] + [_SHORT[c] for c in extra] + ["mean"],
+                  [[s["model"]] + [_pct(s["imagenet_c"]["extra"]["corruption_err"].get(c)) for c in extra]
+                   + [_pct(s["imagenet_c"]["extra"]["mean_err"])] for s in models])
+    series = {s["model"]: s["imagenet_c"]["errors"] for s in models}
+    doc.figure(_grid_plot(series, ALL_CORRUPTIONS, "top-1 err (%)", "ImageNet-C: error vs severity"),
+               "imagenet_c_error_vs_severity", "ImageNet-C top-1 error vs severity, per corruption")
+
+
+def _section_occlusion(doc: _Doc, summaries: Sequence[dict]) -> None:
+    models = [s for s in summaries if "occlusion" in s]
+    if not models:
+        return
+    doc.heading("Occlusion (PatchDrop)")
+    levels = sorted({lv for s in models for c in s["occlusion"]["curves"].values() for lv in c["level"]})
+    rows = []
+    for s in models:
+        for mode, c in sorted(s["occlusion"]["curves"].items()):
+            acc = dict(zip(c["level"], c["acc"]))
+            rows.append([s["model"], mode] + [_pct(acc.get(lv)) for lv in levels])
+    doc.table(["Model", "mode"] + [f"IL {lv:.1f}" for lv in levels], rows)
+    cfg = models[0]["occlusion"].get("config", {})
+    doc.para(f"Top-1 accuracy (%) after dropping a fraction of a {cfg.get('grid', '?')} patch grid (information loss, "
+             f"IL). Dropped pixels: {cfg.get('fill', '?')}. salient / non_salient rank patches by the model's last-block "
+             "[CLS] attention on the clean image (*_mask: by the foreground mask).")
+    plt = _plt()
+    modes = sorted({m for s in models for m in s["occlusion"]["curves"]})
+    fig, axes = plt.subplots(1, len(modes), figsize=(3.4 * len(modes), 2.8), squeeze=False, sharey=True)
+    for ax, mode in zip(axes[0], modes):
+        for s in models:
+            c = s["occlusion"]["curves"].get(mode)
+            if c:
+                ax.plot(c["info_loss"], [100 * a for a in c["acc"]], marker="o", ms=3, label=s["model"])
+        ax.set_title(mode)
+        ax.set_xlabel("information loss")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("top-1 acc (%)")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    doc.figure(fig, "occlusion_curves", "Occlusion: accuracy vs information loss")
+
+
+def _section_backgrounds(doc: _Doc, summaries: Sequence[dict]) -> None:
+    models = [s for s in summaries if "backgrounds" in s]
+    if not models:
+        return
+    doc.heading("Background shift (ImageNet-9 variants)")
+    variants = [v for v in backgrounds.IN9_VARIANTS if any(v in s["backgrounds"]["acc"] for s in models)]
+    doc.table(["Model"] + [_VARIANT_TITLES[v] for v in variants] + ["BG-Gap"],
+              [[s["model"]] + [_pct(s["backgrounds"]["acc"].get(v)) for v in variants]
+               + [_pct(s["backgrounds"]["bg_gap"])] for s in models])
+    doc.para("Top-1 accuracy (%). BG-Gap = Mixed-Same − Mixed-Rand (percentage points; smaller = less reliance on "
+             "background correlations).")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) * max(1, len(models)) ** 0.5), 3.0))
+    width = 0.8 / len(models)
+    for k, s in enumerate(models):
+        xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(variants))]
+        ax.bar(xs, [100 * s["backgrounds"]["acc"].get(v, float("nan")) for v in variants], width, label=s["model"])
+    ax.set_xticks(range(len(variants)), [_VARIANT_TITLES[v] for v in variants], rotation=30, ha="right")
+    ax.set_ylabel("top-1 acc (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    doc.figure(fig, "background_variants", "Accuracy per background variant")
+
+
+def _section_ood(doc: _Doc, summaries: Sequence[dict]) -> None:
+    models = [s for s in summaries if "ood" in s]
+    if not models:
+        return
+    doc.heading("Out-of-distribution test sets")
+    sets = [k for k in ood.OOD_SETS if any(k in s["ood"]["acc"] for s in models)]
+    doc.table(["Model"] + [_OOD_TITLES[k] for k in sets],
+              [[s["model"]] + [_pct(s["ood"]["acc"].get(k)) for k in sets] for s in models])
+    doc.para("Top-1 accuracy (%). IN-A and IN-R: logits restricted to their 200 ImageNet classes.")
+
+
+def _section_dense(doc: _Doc, summaries: Sequence[dict], task: str, title: str) -> None:
+    models = [s for s in summaries if task in s]
+    if not models:
+        return
+    doc.heading(title)
+    rows = []
+    for s in models:
+        for metric, d in s[task].items():
+            rows.append([s["model"], metric, _num(d["P"], 3), _num(d["mPC"], 3), _num(d["rPC"]),
+                         "yes" if d["complete"] else f"no ({d['n_cells']} of 75 cells)"])
+    doc.table(["Model", "metric", "P", "mPC", "rPC (%)", "all 15 × 5"], rows)
+    doc.para("P = clean performance, mPC = mean over the 15 benchmark corruptions × severities 1–5, rPC = mPC / P "
+             "(Michaelis et al. 2019). Corruptions applied in RGB order right after image loading.")
+    for metric in sorted({m for s in models for m in s[task]}):
+        per = {s["model"]: s[task][metric]["per_corruption"] for s in models if metric in s[task]}
+        present = [c for c in ALL_CORRUPTIONS if any(c in p for p in per.values())]
+        doc.table([f"Model ({metric})"] + [_SHORT[c] for c in present],
+                  [[m] + [_num(p.get(c), 3) for c in present] for m, p in per.items()])
+        series = {s["model"]: s[task][metric]["cells"] for s in models if metric in s[task]}
+        safe = metric.replace("/", "_")
+        doc.figure(_grid_plot(series, ALL_CORRUPTIONS, metric, f"{title}: {metric} vs severity", percent=False),
+                   f"{task}_{safe}_vs_severity", f"{metric} vs severity, per corruption")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;
+     padding:0 1em;line-height:1.45}
+h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em;display:block;overflow-x:auto}
+th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
+th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
+tbody tr:nth-child(even){background:#fafafa}
+figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:0.85em}
+p{max-width:70em}
+"""
+
+
+def build_report(result_files: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
+                 title: str = "Robustness report", baseline_file: str | os.PathLike[str] | None = None) -> dict:
+    """Write ``report.md``, ``report.html``, ``summary.json`` and ``plots/*.png`` to ``out_dir``; return the
+    summary. Models appear in the order of ``result_files``."""
+    if not result_files:
+        raise ValueError("no result files")
+    baseline = load_results(baseline_file) if baseline_file is not None else None
+    summaries = [summarize_results(load_results(p), baseline=baseline) for p in result_files]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    doc = _Doc(out_dir / "plots")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc.para(f"Generated {stamp} from {len(result_files)} result file(s): "
+             + ", ".join(f"{s['model']}" for s in summaries) + ".")
+    _section_imagenet_c(doc, summaries)
+    _section_occlusion(doc, summaries)
+    _section_backgrounds(doc, summaries)
+    _section_ood(doc, summaries)
+    _section_dense(doc, summaries, "det_c", "Detection under corruption (COCO-C style)")
+    _section_dense(doc, summaries, "seg_c", "Segmentation under corruption (ADE20K-C style)")
+    md = f"# {title}\n\n" + "\n\n".join(doc.md) + "\n"
+    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(doc.html)
+            + "\n</body></html>\n")
+    (out_dir / "report.md").write_text(md)
+    (out_dir / "report.html").write_text(page)
+    summary = {"title": title, "generated": stamp, "models": summaries, "plots": doc.plots,
+               "sources": [os.fspath(p) for p in result_files]}
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary

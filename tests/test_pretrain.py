@@ -1,0 +1,185 @@
+"""Pretraining engine on CPU: data pipeline, single vs 2-process equality, SIGKILL + resume."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+from ibot.checkpoint import load_file
+from ibot.masking import MaskGenerator
+from ibot.augment import MultiCropAugmentation
+from pretrain.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
+from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, scan_images
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "test"
+CONFIG = ROOT / "pretrain" / "configs" / "ibot_vit-tiny_cpu-test.py"
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory) -> Path:
+    """32 real CIFAR-10 images (4 classes × 8) in ImageNet layout."""
+    if not CIFAR.is_dir():
+        pytest.fail(f"real test images missing: {CIFAR} (the shared data folder must sit beside the repo)")
+    root = tmp_path_factory.mktemp("imgs")
+    for cls in sorted(os.listdir(CIFAR))[:4]:
+        (root / cls).mkdir()
+        for f in sorted(os.listdir(CIFAR / cls))[:8]:
+            shutil.copy(CIFAR / cls / f, root / cls / f)
+    return root
+
+
+def _run(work: Path, data: Path, *opts: str, nproc: int = 1, resume: bool = True) -> subprocess.Popen:
+    base = ["data.root=" + str(data), "train.epochs=2", "data.batch_size_per_gpu=" + str(8 // nproc),
+            "checkpoint.interval_iters=1", "checkpoint.keep_last=50", "log.interval=1", *opts]
+    script = [str(ROOT / "tools" / "pretrain.py"), str(CONFIG), "--work-dir", str(work), "--device", "cpu"]
+    if not resume:
+        script.append("--no-resume")
+    cmd = [PY, *script, "--cfg-options", *base]
+    if nproc > 1:
+        cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(29600 + os.getpid() % 300), *script, "--cfg-options", *base]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _losses(work: Path) -> list[tuple[int, float, float, float]]:
+    rows = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    return [(r["iteration"], r["loss"], r["cls"], r["patch"]) for r in rows]
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_sampler_ranks_partition_the_global_batch() -> None:
+    one = ResumableBatchSampler(50, 8, seed=3)
+    two = [ResumableBatchSampler(50, 4, rank=r, world=2, seed=3) for r in range(2)]
+    assert one.batches_per_epoch == two[0].batches_per_epoch == 6  # 48 used, last 2 dropped
+    for s in (one, *two):
+        s.state.epoch = 1
+    for b1, b20, b21 in zip(one, *two):
+        assert sorted(b1) == sorted(b20 + b21) and not set(b20) & set(b21)
+    one.state.batch = 4  # resuming mid-epoch: 2 batches left
+    assert len(one) == 2
+    s = ResumableBatchSampler(50, 8, seed=3)
+    s.state.epoch = 1
+    full = list(s)
+    s.state.batch = 4
+    assert list(s) == full[4:]
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ResumableBatchSampler(7, 8)
+
+
+def test_samples_are_seeded_per_epoch_and_index(image_root: Path) -> None:
+    paths, labels, classes = scan_images(str(image_root))
+    assert len(paths) == 32 and classes == sorted(os.listdir(image_root)) and set(labels) == {0, 1, 2, 3}
+    aug = MultiCropAugmentation(global_crop_size=32, local_crop_size=16, local_crops_number=2)
+    ds = PretrainDataset(paths, aug, MaskGenerator([0.0, 0.3], [0.0, 0.2]), 8, 2, seed=5)
+    a, b, c = ds[(0, 3)], ds[(0, 3)], ds[(1, 3)]
+    assert all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
+    assert not all(torch.equal(x, y) for x, y in zip(a[0], c[0]))
+    before = torch.get_rng_state()
+    ds[(0, 4)]
+    assert torch.equal(before, torch.get_rng_state())  # the global RNG (drop path) is untouched
+    crops, masks, n_bad = collate([ds[(0, i)] for i in range(3)])
+    assert [tuple(x.shape) for x in crops] == [(3, 3, 32, 32)] * 2 + [(3, 3, 16, 16)] * 2
+    assert [tuple(m.shape) for m in masks] == [(3, 4, 4)] * 2 and masks[0].dtype == torch.bool
+    assert int(n_bad) == 0
+
+
+def test_unreadable_files_are_skipped_and_counted_or_fail(tmp_path: Path, image_root: Path) -> None:
+    paths, _, _ = scan_images(str(image_root))
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not a jpeg")
+    aug = MultiCropAugmentation(global_crop_size=32, local_crop_size=16)
+    ds = PretrainDataset([str(bad)] + paths, aug, MaskGenerator(0.3), 8, 2, on_bad_file="skip")
+    crops, masks, n_bad = ds[(0, 0)]
+    assert n_bad == 1 and crops[0].shape == (3, 32, 32)
+    ds = PretrainDataset([str(bad)] + paths, aug, MaskGenerator(0.3), 8, 2, on_bad_file="fail")
+    with pytest.raises(RuntimeError, match="broken.jpg"):
+        ds[(0, 0)]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_images(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no class sub-folders"):
+        scan_images(str(tmp_path))
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    assert len(scan_images(str(tmp_path), layout="flat")[0]) == 2  # a.png and broken.jpg
+
+
+def test_configs_resolve() -> None:
+    s = Config.fromfile(str(ROOT / "pretrain/configs/ibot_vit-s16_800e_in1k.py"))
+    assert (s.model.shared_head, s.model.norm_last_layer, s.model.out_dim) == (True, False, 8192)
+    assert s.augmentation.local_crops_number == 10 and tuple(s.augmentation.global_crops_scale) == (0.25, 1.0)
+    assert list(s.masking.pred_ratio) == [0.0, 0.3] and list(s.masking.pred_ratio_var) == [0.0, 0.2]
+    assert s.loss.teacher_temp == 0.07 and s.train.epochs == 800 and s.data.batch_size_per_gpu == 64
+    b = Config.fromfile(str(ROOT / "pretrain/configs/ibot_vit-b16_400e_in1k.py"))
+    assert b.model.arch == "vit_base" and b.train.epochs == 400
+    large = Config.fromfile(str(ROOT / "pretrain/configs/ibot_vit-l16_250e_in1k.py"))
+    assert large.model.arch == "vit_large" and large.model.grad_checkpointing
+
+
+# ------------------------------------------------------------------ engine
+
+
+def test_one_vs_two_processes_same_losses(tmp_path: Path, image_root: Path) -> None:
+    p1 = _run(tmp_path / "one", image_root, resume=False)
+    _finish(p1)
+    p2 = _run(tmp_path / "two", image_root, nproc=2, resume=False)
+    _finish(p2)
+    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(one) == len(two) == 8  # 32 images / batch 8 × 2 epochs
+    for a, b in zip(one, two):
+        assert a[0] == b[0]
+        for x, y in zip(a[1:], b[1:]):
+            assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (a, b)
+    # The written teacher backbone is a tensors-only file usable downstream.
+    sd = load_file(tmp_path / "one" / "teacher_backbone.pth")["state_dict"]
+    assert "pos_embed" in sd and not any(k.startswith("head") for k in sd)
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path, image_root: Path) -> None:
+    _finish(_run(tmp_path / "ref", image_root, resume=False))
+    work = tmp_path / "killed"
+    for kill_after in (2, 5):  # kill twice, at different iterations
+        proc = _run(work, image_root)
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list_checkpoints(str(work))) < kill_after:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+    assert 0 < load_checkpoint(latest_checkpoint(str(work)))["iteration"] < 8
+    out = _finish(_run(work, image_root))
+    assert "resumed from" in out
+    ref = load_checkpoint(latest_checkpoint(str(tmp_path / "ref")))
+    got = load_checkpoint(latest_checkpoint(str(work)))
+    assert ref["iteration"] == got["iteration"] == 8
+    for part in ("student", "teacher", "ibot_loss"):
+        for k, v in ref[part].items():
+            assert torch.equal(v, got[part][k]), (part, k)
+    ref_opt, got_opt = ref["optimizer"]["state"], got["optimizer"]["state"]
+    assert all(torch.equal(ref_opt[i]["exp_avg"], got_opt[i]["exp_avg"]) for i in ref_opt)
+
+
+def test_fresh_start_refuses_existing_checkpoints(tmp_path: Path, image_root: Path) -> None:
+    _finish(_run(tmp_path / "w", image_root, "train.epochs=1", resume=False))
+    proc = _run(tmp_path / "w", image_root, "train.epochs=1", resume=False)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "already holds checkpoints" in out

@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Linear probing (lr sweep) of a pretrained backbone on a transfer data set.
+
+    python tools/transfer_linear.py --dataset cifar10 --data-root /data/cifar --pretrained ckpt.pth
+    torchrun --nproc_per_node 8 tools/transfer_linear.py ...        # multi-GPU
+    python tools/transfer_linear.py --dataset cifar10 --print-config  # every setting, for --set key=value
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from transfer.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    main("linear")

@@ -1,0 +1,115 @@
+"""Command line of the three protocol tools (``tools/transfer_{finetune,knn,linear}.py``).
+
+Common options map onto config keys; anything else is set with ``--set key=value`` (dotted keys of the
+resolved config, printed by ``--print-config``). Under ``torchrun`` every process runs the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from transfer.recipes import DATASET_NAMES, PROTOCOLS, parse_overrides, resolve
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+DESCRIPTIONS = {
+    "finetune": "Fine-tune a pretrained ViT end to end (DeiT recipe as in the iBOT paper).",
+    "knn": "Weighted k-NN (cosine, exp(sim/T) votes) on frozen [CLS] features.",
+    "linear": "Linear probing: a sweep of learning rates trained together on frozen features.",
+}
+
+#: option -> config key, for the options every protocol has
+COMMON_OPTIONS = {
+    "data_root": "data.root", "layout": "data.layout", "arch": "model.arch", "patch_size": "model.patch_size",
+    "img_size": "model.img_size", "pretrained": "model.pretrained", "checkpoint_key": "model.checkpoint_key",
+    "model_name": "model.name", "pretrain_data": "model.pretrain_data", "seed": "seed", "output_dir": "output_dir",
+    "device": "device", "num_workers": "num_workers", "batch_size": "batch_size",
+}
+
+
+def build_parser(protocol: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=DESCRIPTIONS[protocol],
+        epilog="Example: --dataset cifar10 --data-root /data/cifar --pretrained ibot_vits16.pth "
+               "--set optim.lr=1e-5 epochs=100. Multi-GPU: torchrun --nproc_per_node 8 <this script> ...")
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p.add_argument("--data-root", help="folder holding the data set in its published layout")
+    p.add_argument("--layout", help="force a layout: pickle | imagefolder (CIFAR), devkit | annos | imagefolder (Cars)")
+    p.add_argument("--arch", help="vit_tiny | vit_small | vit_base | vit_large (default vit_small)")
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--img-size", type=int, help="input resolution (default 224)")
+    p.add_argument("--pretrained", help="backbone checkpoint (any format ibot.checkpoint reads); omit = random init")
+    p.add_argument("--checkpoint-key", help="entry holding the weights, e.g. teacher (default: auto)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow pickled objects in the checkpoint (official full checkpoints); runs code from the file")
+    p.add_argument("--model-name", help="row name in the leaderboard")
+    p.add_argument("--pretrain-data", help="pretraining data for the leaderboard, e.g. IN-1k")
+    p.add_argument("--batch-size", type=int, help="per process")
+    if protocol in ("finetune", "linear"):
+        p.add_argument("--epochs", type=int)
+    if protocol == "finetune":
+        p.add_argument("--lr", type=float, help="base lr per 512 images (optim.lr)")
+        p.add_argument("--layer-decay", type=float, help="layer-wise lr decay, e.g. 0.75 (default off)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir", "--work-dir", dest="output_dir", help="run folder (default work_dirs/transfer/<protocol>/<dataset>/<model>/seed<s>)")
+    p.add_argument("--device", help="cuda | cpu | auto")
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument("--amp", dest="amp", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
+    amp.add_argument("--no-amp", dest="amp", action="store_false")
+    p.add_argument("--num-workers", type=int)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    p.add_argument("--set", "--cfg-options", dest="set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. optim.lr=1e-5 aug.mixup=0 (see --print-config)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def config_from_args(protocol: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Options first, then ``--set`` on top."""
+    items = [f"{key}={getattr(args, opt)!r}" for opt, key in COMMON_OPTIONS.items() if getattr(args, opt) is not None]
+    overrides = parse_overrides(items)
+    extra: dict[str, Any] = {}
+    if args.trust_checkpoint:
+        extra.setdefault("model", {})["trust_checkpoint"] = True
+    if args.amp is not None:
+        extra["amp"] = args.amp
+    if args.no_progress:
+        extra["progress"] = False
+    if getattr(args, "epochs", None) is not None:
+        extra["epochs"] = args.epochs
+    if getattr(args, "lr", None) is not None:
+        extra.setdefault("optim", {})["lr"] = args.lr
+    if getattr(args, "layer_decay", None) is not None:
+        extra.setdefault("optim", {})["layer_decay"] = args.layer_decay
+    _deep_update(overrides, extra)
+    _deep_update(overrides, parse_overrides(args.set))
+    return resolve(protocol, args.dataset, overrides)
+
+
+def _deep_update(base: dict[str, Any], delta: dict[str, Any]) -> None:
+    for k, v in delta.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _deep_update(base[k], v)
+        else:
+            base[k] = v
+
+
+def main(protocol: str, argv: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """Parse, resolve, run; returns the result record (``None`` for ``--print-config``)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    args = build_parser(protocol).parse_args(argv)
+    cfg = config_from_args(protocol, args)
+    if args.print_config:
+        print(json.dumps(cfg, indent=2))
+        return None
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from transfer import finetune, knn, linear
+
+    return {"finetune": finetune, "knn": knn, "linear": linear}[protocol].run(cfg)

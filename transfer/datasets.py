@@ -1,0 +1,426 @@
+"""Readers for the transfer data sets, in their published on-disk layouts. Nothing is downloaded.
+
+Every reader returns a :class:`ClassificationDataset` yielding ``(image, label)`` (a PIL RGB image, or whatever
+``transform`` makes of it) and exposing ``classes`` (names, index = label) and ``targets`` (one int per sample).
+A missing or malformed layout raises :class:`DatasetLayoutError`, whose message names the files that were looked
+for, the expected layout and where the data set is published.
+
+=============  ======================================================================================
+name           layouts (``root`` may also be the one folder above the layout, as torchvision places it)
+=============  ======================================================================================
+cifar10        ``cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` (python pickles);
+               or ImageFolder ``<split>/<class>/*.png``
+cifar100       ``cifar-100-python/{train, test, meta}`` (python pickles, fine labels); or ImageFolder
+flowers102     ``flowers-102/{jpg/image_00001.jpg.., imagelabels.mat, setid.mat}``
+cars           devkit: ``cars_train/*.jpg, cars_test/*.jpg, devkit/{cars_train_annos.mat,
+               cars_test_annos_withlabels.mat, cars_meta.mat}``; or all-in-one ``cars_annos.mat`` +
+               ``car_ims/*.jpg``; or ImageFolder
+inat2018/2019  ``train{year}.json, val{year}.json`` (COCO-style) + the image tree they reference
+               (``train_val{year}/<super>/<id>/<file>.jpg``); optional ``categories.json`` for names
+imagefolder    ``<split>/<class>/*.<img ext>``
+=============  ======================================================================================
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+__all__ = [
+    "DATASETS",
+    "ClassificationDataset",
+    "DatasetLayoutError",
+    "FileImages",
+    "ArrayImages",
+    "build_dataset",
+    "read_cifar",
+    "read_flowers102",
+    "read_cars",
+    "read_inat",
+    "read_imagefolder",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+SOURCES = {
+    "cifar10": "https://www.cs.toronto.edu/~kriz/cifar.html ('CIFAR-10 python version', cifar-10-python.tar.gz)",
+    "cifar100": "https://www.cs.toronto.edu/~kriz/cifar.html ('CIFAR-100 python version', cifar-100-python.tar.gz)",
+    "flowers102": "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/ (102flowers.tgz, imagelabels.mat, setid.mat)",
+    "cars": "the Stanford Cars release (ai.stanford.edu/~jkrause/cars/car_dataset.html, now offline; use a mirror "
+            "that keeps the devkit .mat files, e.g. the one torchvision's StanfordCars documents)",
+    "inat2018": "https://github.com/visipedia/inat_comp/tree/master/2018 (train_val2018.tar.gz, train2018.json, "
+                "val2018.json, categories.json)",
+    "inat2019": "https://github.com/visipedia/inat_comp/tree/master/2019 (train_val2019.tar.gz, train2019.json, "
+                "val2019.json)",
+    "imagefolder": "your own data, one folder per class",
+}
+
+
+class DatasetLayoutError(FileNotFoundError):
+    """The data set is not where it was looked for, or not in the expected layout."""
+
+
+def _layout_error(name: str, root: Path, problem: str, layout: str) -> DatasetLayoutError:
+    return DatasetLayoutError(
+        f"{name}: {problem}\n  root: {root}\n  expected layout:\n{layout}\n"
+        f"  where to get it: {SOURCES[name]}\n  (nothing is downloaded; unpack the files under the root)"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ dataset classes
+class ClassificationDataset(Dataset):
+    """Base class: ``classes`` (list of names), ``targets`` (list of int), optional ``transform``."""
+
+    classes: list[str]
+    targets: list[int]
+    transform: Callable[[Image.Image], Any] | None
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> Image.Image:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = self.load(index)
+        return (self.transform(img) if self.transform is not None else img), self.targets[index]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+class FileImages(ClassificationDataset):
+    """Images stored as files: ``samples`` = [(path, label)], decoded with PIL and converted to RGB."""
+
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
+                 transform: Callable | None = None) -> None:
+        self.samples = [(str(p), int(t)) for p, t in samples]
+        self.targets = [t for _, t in self.samples]
+        self.classes = list(classes)
+        self.transform = transform
+
+    def load(self, index: int) -> Image.Image:
+        path = self.samples[index][0]
+        try:
+            with open(path, "rb") as fh:
+                return Image.open(fh).convert("RGB")
+        except FileNotFoundError as exc:
+            raise DatasetLayoutError(f"image listed by the annotations is missing: {path}") from exc
+
+
+class ArrayImages(ClassificationDataset):
+    """Images held in memory: uint8 array (N, H, W, 3) (the CIFAR pickles)."""
+
+    def __init__(self, images: np.ndarray, targets: Sequence[int], classes: Sequence[str],
+                 transform: Callable | None = None) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+        self.transform = transform
+
+    def load(self, index: int) -> Image.Image:
+        return Image.fromarray(self.images[index])
+
+
+# ------------------------------------------------------------------------------------------------------ ImageFolder
+def _find_dir(root: Path, candidates: Sequence[str], marker: str) -> Path | None:
+    """First of ``root/<c>`` (``''`` = root itself) that contains ``marker``."""
+    for c in candidates:
+        d = root / c if c else root
+        if (d / marker).exists():
+            return d
+    return None
+
+
+IMAGEFOLDER_LAYOUT = "    <root>/<split>/<class name>/<image>.{jpg,png,...}   (split = train | test | ...)"
+
+
+def read_imagefolder(root: str | os.PathLike, split: str, transform: Callable | None = None,
+                     name: str = "imagefolder", classes: Sequence[str] | None = None) -> FileImages:
+    """``<root>/<split>/<class>/*.<ext>``; classes sorted by folder name.
+
+    The class list of ``<root>/train`` (when it exists) is used for every split, so a split missing a class
+    folder keeps the same label indices; ``classes`` overrides it.
+    """
+    root = Path(root)
+    if classes is None and split != "train" and (root / "train").is_dir():
+        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) or None
+    split_dir = root / split
+    layout = IMAGEFOLDER_LAYOUT if name == "imagefolder" else IMAGEFOLDER_LAYOUT + f"\n  or the {name} layouts above"
+    if not split_dir.is_dir():
+        raise _layout_error(name, root, f"split folder '{split_dir}' does not exist", layout)
+    found = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    if not found:
+        raise _layout_error(name, root, f"'{split_dir}' has no class folders", layout)
+    classes = list(classes) if classes is not None else found
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise _layout_error(name, root, f"'{split_dir}' has class folders not in the class list: {unknown[:5]}",
+                            layout)
+    index = {c: i for i, c in enumerate(classes)}
+    samples = []
+    for c in found:
+        for dirpath, _, files in sorted(os.walk(split_dir / c, followlinks=True)):
+            samples += [(os.path.join(dirpath, f), index[c]) for f in sorted(files)
+                        if f.lower().endswith(IMG_EXTENSIONS)]
+    if not samples:
+        raise _layout_error(name, root, f"no images ({', '.join(IMG_EXTENSIONS)}) under '{split_dir}'", layout)
+    return FileImages(samples, classes, transform)
+
+
+# ------------------------------------------------------------------------------------------------------------ CIFAR
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR files hold (dicts, lists, strings, numpy arrays): a CIFAR pickle from an
+    untrusted mirror cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"CIFAR pickle refers to {module}.{name}, which a CIFAR batch never holds")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as fh:
+        obj = _ArrayUnpickler(fh, encoding="latin1").load()
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+    # Python-2 pickles give str keys with latin1 decoding; files re-pickled from bytes keys give bytes.
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], meta="batches.meta", label_key="labels", names_key="label_names"),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], meta="meta",
+                     label_key="fine_labels", names_key="fine_label_names"),
+}
+
+
+def _cifar_layout(name: str) -> str:
+    spec = _CIFAR[name]
+    files = ", ".join(spec["train"] + spec["test"] + [spec["meta"]])
+    return (f"    <root>/{spec['folder']}/{{{files}}}   (python pickle version)\n"
+            f"  or {IMAGEFOLDER_LAYOUT.strip()}")
+
+
+def read_cifar(root: str | os.PathLike, split: str, transform: Callable | None = None, name: str = "cifar10",
+               layout: str = "auto") -> ClassificationDataset:
+    """CIFAR-10/100 from the python pickles (``layout='pickle'``) or an ImageFolder (``'imagefolder'``)."""
+    if name not in _CIFAR:
+        raise ValueError(f"name must be one of {sorted(_CIFAR)}, got {name!r}")
+    spec = _CIFAR[name]
+    root = Path(root)
+    if split not in ("train", "test"):
+        raise ValueError(f"{name}: split must be 'train' or 'test', got {split!r}")
+    folder = _find_dir(root, (spec["folder"], ""), spec["meta"])
+    if layout == "auto":
+        layout = "pickle" if folder is not None else "imagefolder" if (root / split).is_dir() else ""
+    if layout == "imagefolder":
+        return read_imagefolder(root, split, transform, name=name)
+    if layout != "pickle" or folder is None:
+        raise _layout_error(name, root, f"found neither '{spec['folder']}/{spec['meta']}' nor '{split}/'",
+                            _cifar_layout(name))
+    images, labels = [], []
+    for fname in spec[split]:
+        path = folder / fname
+        if not path.exists():
+            raise _layout_error(name, root, f"batch file '{path}' is missing", _cifar_layout(name))
+        batch = _unpickle(path)
+        if "data" not in batch or spec["label_key"] not in batch:
+            raise _layout_error(name, root, f"'{path}' lacks 'data' / '{spec['label_key']}' "
+                                f"(keys: {sorted(batch)})", _cifar_layout(name))
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels += [int(t) for t in batch[spec["label_key"]]]
+    classes = [str(c) for c in _unpickle(folder / spec["meta"])[spec["names_key"]]]
+    # Stored channel-major (N, 3072) = R plane, G plane, B plane.
+    return ArrayImages(np.concatenate(images).transpose(0, 2, 3, 1).copy(), labels, classes, transform)
+
+
+# ------------------------------------------------------------------------------------------------------ Flowers-102
+FLOWERS_LAYOUT = ("    <root>/jpg/image_00001.jpg ... image_08189.jpg\n"
+                  "    <root>/imagelabels.mat   ('labels': 1..102, one per image)\n"
+                  "    <root>/setid.mat         ('trnid', 'valid', 'tstid': 1-based image ids)\n"
+                  "  (<root>/flowers-102/... as torchvision's Flowers102 places it works too)")
+#: iBOT / DeiT train on the official train + val ids and test on the test ids.
+FLOWERS_SPLITS = {"train": ("trnid", "valid"), "test": ("tstid",), "trnid": ("trnid",), "valid": ("valid",)}
+
+
+def read_flowers102(root: str | os.PathLike, split: str, transform: Callable | None = None) -> FileImages:
+    """Oxford Flowers-102: ``train`` = trnid + valid (2,040 images, as iBOT), ``test`` = tstid (6,149)."""
+    from scipy.io import loadmat
+
+    root = Path(root)
+    base = _find_dir(root, ("", "flowers-102"), "imagelabels.mat")
+    if base is None or not (base / "setid.mat").exists():
+        raise _layout_error("flowers102", root, "imagelabels.mat / setid.mat not found", FLOWERS_LAYOUT)
+    if split not in FLOWERS_SPLITS:
+        raise ValueError(f"flowers102: split must be one of {sorted(FLOWERS_SPLITS)}, got {split!r}")
+    labels = np.asarray(loadmat(base / "imagelabels.mat")["labels"]).reshape(-1)
+    setid = loadmat(base / "setid.mat")
+    ids = np.concatenate([np.asarray(setid[k]).reshape(-1) for k in FLOWERS_SPLITS[split]])
+    if ids.min() < 1 or ids.max() > len(labels):
+        raise _layout_error("flowers102", root, f"setid.mat ids outside 1..{len(labels)}", FLOWERS_LAYOUT)
+    samples = [(str(base / "jpg" / f"image_{i:05d}.jpg"), int(labels[i - 1]) - 1) for i in sorted(ids.tolist())]
+    missing = [p for p, _ in samples[:1] if not os.path.exists(p)]
+    if missing:
+        raise _layout_error("flowers102", root, f"image '{missing[0]}' is missing", FLOWERS_LAYOUT)
+    return FileImages(samples, [str(c) for c in range(1, int(labels.max()) + 1)], transform)
+
+
+# ---------------------------------------------------------------------------------------------------- Stanford Cars
+CARS_LAYOUT = ("    devkit:     <root>/cars_train/*.jpg, <root>/cars_test/*.jpg,\n"
+               "                <root>/devkit/{cars_train_annos.mat, cars_test_annos_withlabels.mat, cars_meta.mat}\n"
+               "    all-in-one: <root>/cars_annos.mat (relative_im_path, class, test) + <root>/car_ims/*.jpg\n"
+               "  or " + IMAGEFOLDER_LAYOUT.strip() + "\n"
+               "  (<root>/stanford_cars/... as torchvision's StanfordCars places it works too)")
+
+
+def _struct_records(mat: dict, key: str, path: Path) -> np.ndarray:
+    if key not in mat:
+        raise _layout_error("cars", path.parent, f"'{path}' has no '{key}' entry", CARS_LAYOUT)
+    return np.atleast_1d(mat[key])
+
+
+def _names(values: Any) -> list[str]:
+    return [str(v) for v in np.atleast_1d(values)]
+
+
+def read_cars(root: str | os.PathLike, split: str, transform: Callable | None = None,
+              layout: str = "auto") -> FileImages:
+    """Stanford Cars (196 classes; 8,144 train / 8,041 test) from devkit annotations or an ImageFolder."""
+    from scipy.io import loadmat
+
+    if split not in ("train", "test"):
+        raise ValueError(f"cars: split must be 'train' or 'test', got {split!r}")
+    root = Path(root)
+    devkit_base = _find_dir(root, ("", "stanford_cars"), "devkit/cars_train_annos.mat")
+    annos_base = _find_dir(root, ("", "stanford_cars"), "cars_annos.mat")
+    if layout == "auto":
+        layout = ("devkit" if devkit_base is not None else "annos" if annos_base is not None
+                  else "imagefolder" if (root / split).is_dir() else "")
+    if layout == "imagefolder":
+        return read_imagefolder(root, split, transform, name="cars")
+    if layout == "devkit" and devkit_base is not None:
+        ann = devkit_base / "devkit" / ("cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat")
+        if not ann.exists():
+            raise _layout_error("cars", root, f"'{ann}' is missing (the test labels ship as "
+                                "cars_test_annos_withlabels.mat)", CARS_LAYOUT)
+        recs = _struct_records(loadmat(ann, squeeze_me=True), "annotations", ann)
+        img_dir = devkit_base / f"cars_{split}"
+        samples = [(str(img_dir / str(r["fname"])), int(r["class"]) - 1) for r in recs]
+        meta = devkit_base / "devkit" / "cars_meta.mat"
+        num = max(t for _, t in samples) + 1
+        classes = _names(loadmat(meta, squeeze_me=True)["class_names"]) if meta.exists() else [str(i + 1) for i in range(num)]
+    elif layout == "annos" and annos_base is not None:
+        ann = annos_base / "cars_annos.mat"
+        mat = loadmat(ann, squeeze_me=True)
+        recs = _struct_records(mat, "annotations", ann)
+        want = 1 if split == "test" else 0
+        samples = [(str(annos_base / str(r["relative_im_path"])), int(r["class"]) - 1)
+                   for r in recs if int(r["test"]) == want]
+        num = max(int(r["class"]) for r in recs)
+        classes = _names(mat["class_names"]) if "class_names" in mat else [str(i + 1) for i in range(num)]
+    else:
+        raise _layout_error("cars", root, f"no '{layout}' layout found" if layout else "no known layout found",
+                            CARS_LAYOUT)
+    if not samples:
+        raise _layout_error("cars", root, f"the annotations list no '{split}' images", CARS_LAYOUT)
+    if not os.path.exists(samples[0][0]):
+        raise _layout_error("cars", root, f"image '{samples[0][0]}' is missing", CARS_LAYOUT)
+    return FileImages(samples, classes, transform)
+
+
+# ------------------------------------------------------------------------------------------------------ iNaturalist
+def _inat_layout(year: int) -> str:
+    return (f"    <root>/train{year}.json, <root>/val{year}.json   (COCO-style: images, annotations, categories)\n"
+            f"    <root>/train_val{year}/<supercategory>/<category id>/<image>.jpg   (the 'file_name' paths)\n"
+            f"    <root>/categories.json   (optional: category names)")
+
+
+def _read_json(path: Path, year: int) -> dict:
+    name = f"inat{year}"
+    if not path.exists():
+        raise _layout_error(name, path.parent, f"annotation file '{path}' is missing", _inat_layout(year))
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    for key in ("images", "annotations"):
+        if key not in data:
+            raise _layout_error(name, path.parent, f"'{path}' has no '{key}' list (the test json is unlabeled and "
+                                "cannot be used)", _inat_layout(year))
+    return data
+
+
+def read_inat(root: str | os.PathLike, split: str, transform: Callable | None = None, year: int = 2018) -> FileImages:
+    """iNaturalist 2018 (8,142 classes) / 2019 (1,010): ``train`` = train{year}.json, ``test`` = val{year}.json.
+
+    Labels are category ids mapped to 0..C-1 in ascending id order, from the train json (the ids of both
+    releases already run 0..C-1, so the map is the identity there); names from ``categories.json`` when present.
+    """
+    if year not in (2018, 2019):
+        raise ValueError(f"iNaturalist year must be 2018 or 2019, got {year}")
+    if split not in ("train", "test", "val"):
+        raise ValueError(f"inat{year}: split must be 'train' or 'test' (= val{year}.json), got {split!r}")
+    root = Path(root)
+    train = _read_json(root / f"train{year}.json", year)
+    data = train if split == "train" else _read_json(root / f"val{year}.json", year)
+    cats = train.get("categories") or []
+    ids = sorted({int(c["id"]) for c in cats} or {int(a["category_id"]) for a in train["annotations"]})
+    label_of = {cid: i for i, cid in enumerate(ids)}
+    names_by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
+    if (root / "categories.json").exists():
+        with open(root / "categories.json", encoding="utf-8") as fh:
+            names_by_id.update({int(c["id"]): str(c.get("name", c["id"])) for c in json.load(fh)})
+    files = {int(im["id"]): im["file_name"] for im in data["images"]}
+    samples = []
+    for a in data["annotations"]:
+        cid = int(a["category_id"])
+        if cid not in label_of:
+            raise _layout_error(f"inat{year}", root, f"category id {cid} of image {a['image_id']} is not among the "
+                                f"train{year}.json categories", _inat_layout(year))
+        samples.append((str(root / files[int(a["image_id"])]), label_of[cid]))
+    if not samples:
+        raise _layout_error(f"inat{year}", root, f"no annotated images for split '{split}'", _inat_layout(year))
+    if not os.path.exists(samples[0][0]):
+        raise _layout_error(f"inat{year}", root, f"image '{samples[0][0]}' is missing", _inat_layout(year))
+    return FileImages(samples, [names_by_id.get(i, str(i)) for i in ids], transform)
+
+
+# ------------------------------------------------------------------------------------------------------- dispatcher
+DATASETS: dict[str, Callable[..., ClassificationDataset]] = {
+    "cifar10": lambda root, split, transform, layout: read_cifar(root, split, transform, "cifar10", layout),
+    "cifar100": lambda root, split, transform, layout: read_cifar(root, split, transform, "cifar100", layout),
+    "flowers102": lambda root, split, transform, layout: read_flowers102(root, split, transform),
+    "cars": lambda root, split, transform, layout: read_cars(root, split, transform, layout),
+    "inat2018": lambda root, split, transform, layout: read_inat(root, split, transform, 2018),
+    "inat2019": lambda root, split, transform, layout: read_inat(root, split, transform, 2019),
+    "imagefolder": lambda root, split, transform, layout: read_imagefolder(root, split, transform),
+}
+
+
+def build_dataset(name: str, root: str | os.PathLike | None, split: str, transform: Callable | None = None,
+                  layout: str = "auto") -> ClassificationDataset:
+    """Reader dispatch: ``build_dataset('cifar10', '/data/cifar', 'train', tf)``; see the module table."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
+    if root is None:
+        raise ValueError(f"{name}: no data root given (--data-root); expected under it: {SOURCES[name]}")
+    if not Path(root).exists():
+        raise DatasetLayoutError(f"{name}: data root '{root}' does not exist; get the data from {SOURCES[name]}")
+    return DATASETS[name](root, split, transform, layout)

@@ -1,0 +1,124 @@
+"""Frozen-backbone features: the DINO/iBOT feature definitions and distributed, cached extraction.
+
+A :class:`FeatureSpec` names one feature vector built from ``get_intermediate_layers``:
+``n_last_blocks`` final-norm [CLS] tokens concatenated, plus (``avgpool``) the mean final-norm patch token of the
+last block — DINO/iBOT's ``--n_last_blocks`` / ``--avgpool_patchtokens 2``. Several specs share one backbone pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ibot.checkpoint import load_file, save_file
+from ibot.vit import iBOTViT
+from transfer.distributed import gather_rows
+from transfer.runtime import autocast
+
+__all__ = ["FeatureSpec", "check_specs", "spec_features", "extract_features", "cached_features", "cache_key"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    n_last_blocks: int = 1
+    avgpool: bool = False
+
+    def dim(self, embed_dim: int) -> int:
+        return embed_dim * (self.n_last_blocks + int(self.avgpool))
+
+    @property
+    def label(self) -> str:
+        return f"cls{self.n_last_blocks}" + ("+avgpool" if self.avgpool else "")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(n_last_blocks=int(d["n_last_blocks"]), avgpool=bool(d["avgpool"]))
+
+
+def spec_features(model: iBOTViT, x: Tensor, specs: list[FeatureSpec]) -> list[Tensor]:
+    """Images (B, 3, H, W) -> one (B, spec.dim(D)) tensor per spec, from a single backbone pass."""
+    check_specs(specs, len(model.blocks))
+    tokens = model.get_intermediate_layers(x, max(s.n_last_blocks for s in specs), norm=True)  # oldest first
+    out = []
+    for s in specs:
+        parts = [t[:, 0] for t in tokens[len(tokens) - s.n_last_blocks:]]
+        if s.avgpool:
+            parts.append(tokens[-1][:, 1:].mean(dim=1))
+        out.append(torch.cat(parts, dim=-1))
+    return out
+
+
+def check_specs(specs: list[FeatureSpec], depth: int) -> None:
+    if not specs:
+        raise ValueError("no feature specs given")
+    for s in specs:
+        if not 1 <= s.n_last_blocks <= depth:
+            raise ValueError(f"feature n_last_blocks={s.n_last_blocks} must be in [1, {depth}] (the backbone depth)")
+
+
+@torch.no_grad()
+def extract_features(model: iBOTViT, loader: DataLoader, specs: list[FeatureSpec], device: torch.device,
+                     amp: bool, progress: bool = True, desc: str = "features") -> tuple[list[Tensor], Tensor]:
+    """Features of a whole (sharded) data set, gathered on every process.
+
+    ``loader`` yields (images, labels, indices) (``transfer.loaders.eval_loader``). Returns one float32 CPU
+    tensor (N, F_spec) per spec, in data-set order, and the labels (N,).
+    """
+    model.eval()
+    n = len(loader.dataset)  # type: ignore[arg-type]
+    rows: list[list[Tensor]] = [[] for _ in specs]
+    labels, indices = [], []
+    for images, y, idx in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        with autocast(device, amp):
+            feats = spec_features(model, images.to(device, non_blocking=True), specs)
+        for r, f in zip(rows, feats):
+            r.append(f.float())
+        labels.append(y.to(device))
+        indices.append(idx.to(device))
+    index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long, device=device)
+    feats_out = []
+    for spec, r in zip(specs, rows):
+        local = torch.cat(r) if r else torch.zeros(0, spec.dim(model.embed_dim), device=device)
+        feats_out.append(gather_rows(local, index, n).cpu())
+    local_y = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long, device=device)
+    return feats_out, gather_rows(local_y, index, n).cpu()
+
+
+def cache_key(**parts: Any) -> str:
+    """Hash of everything that determines the features (checkpoint hash, model shape, data, transform, spec)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def cached_features(cache_dir: str | os.PathLike | None, key: str, compute, is_main: bool
+                    ) -> tuple[list[Tensor], Tensor, bool]:
+    """``compute()`` -> (features, labels), or the copy stored under ``cache_dir/<key>.pth``.
+
+    Returns (features, labels, loaded_from_cache). Only the main process writes (atomically); every process
+    computes when the file is absent, because extraction is a collective.
+    """
+    path = Path(cache_dir) / f"{key}.pth" if cache_dir is not None else None
+    if path is not None and path.exists():
+        blob = load_file(path)
+        log.info("features loaded from cache '%s'", path)
+        return list(blob["features"]), blob["labels"], True
+    feats, labels = compute()
+    if path is not None and is_main:
+        save_file({"features": feats, "labels": labels}, path)
+        log.info("features cached at '%s'", path)
+    return feats, labels, False
+
+
+def spec_dicts(specs: list[FeatureSpec]) -> list[dict[str, Any]]:
+    return [asdict(s) for s in specs]

@@ -1,0 +1,326 @@
+"""Leaderboard: result JSONs -> one table, rendered as Markdown, CSV, HTML and LaTeX.
+
+Rows are models (name, parameter count, pretraining data); columns are data set x protocol, then the mean over
+columns. A cell is the mean ± sample standard deviation over seeds (the seed count shown when > 1); a missing
+cell is "–"; the best value of each column is bold (Markdown ``**``, HTML ``<b>``, LaTeX ``\\textbf``, CSV a
+``_best`` flag). The mean column is only filled for rows with every column present (a partial mean would not
+compare). With ``references=True`` the paper's rows (``transfer.references``) join, marked † and cited.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import io
+import logging
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transfer.references import REFERENCE_ROWS
+from transfer.results import find_result_files, load_result, write_text
+
+__all__ = ["Cell", "Row", "Table", "build_table", "to_markdown", "to_csv", "to_html", "to_latex", "FORMATS", "main"]
+
+log = logging.getLogger(__name__)
+
+Column = tuple[str, str]  # (dataset, protocol)
+
+DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": "Flowers", "cars": "Cars",
+                  "inat2018": "iNat18", "inat2019": "iNat19", "imagenet": "ImageNet"}
+PROTOCOL_LABELS = {"knn": "k-NN", "linear": "linear", "finetune": "fine-tune"}
+PROTOCOL_ORDER = ("knn", "linear", "finetune")
+MISSING = "–"
+DAGGER = "†"
+
+
+@dataclass
+class Cell:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n - 1); None for a single seed."""
+        return statistics.stdev(self.values) if self.n > 1 else None
+
+
+@dataclass
+class Row:
+    name: str
+    params: int | None
+    pretrain_data: str
+    cells: dict[Column, Cell] = field(default_factory=dict)
+    reference: str | None = None  # citation for published rows
+
+    def mean(self, columns: Sequence[Column]) -> float | None:
+        if not columns or any(c not in self.cells for c in columns):
+            return None
+        return statistics.fmean(self.cells[c].mean for c in columns)
+
+
+@dataclass
+class Table:
+    columns: list[Column]
+    rows: list[Row]
+    metric_names: dict[Column, list[str]]
+
+    def best(self) -> dict[Column | str, float]:
+        """Highest value per column (and 'mean'), over every row that has one."""
+        out: dict[Column | str, float] = {}
+        for c in self.columns:
+            vals = [r.cells[c].mean for r in self.rows if c in r.cells]
+            if vals:
+                out[c] = max(vals)
+        means = [m for r in self.rows if (m := r.mean(self.columns)) is not None]
+        if means:
+            out["mean"] = max(means)
+        return out
+
+
+def _column_sort_key(col: Column) -> tuple:
+    ds, proto = col
+    ds_rank = list(DATASET_LABELS).index(ds) if ds in DATASET_LABELS else len(DATASET_LABELS)
+    pr_rank = PROTOCOL_ORDER.index(proto) if proto in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
+    return (ds_rank, ds, pr_rank, proto)
+
+
+def build_table(records: Iterable[dict[str, Any]], references: bool = False,
+                columns: Sequence[Column] | None = None) -> Table:
+    """Group result records into a table.
+
+    Records of the same model, column and seed are duplicates: the one finished last is kept (with a warning).
+    ``columns`` fixes the columns and their order; by default every measured (data set, protocol), or the
+    reference rows' columns when there are no records.
+    """
+    by_key: dict[tuple[str, Column, int], dict[str, Any]] = {}
+    for rec in records:
+        key = (rec["model"]["name"], (rec["dataset"]["name"], rec["protocol"]), int(rec["seed"]))
+        old = by_key.get(key)
+        if old is not None:
+            log.warning("duplicate result for model %r, column %s, seed %d: keeping the one finished later", *key)
+            if str(old.get("finished", "")) > str(rec.get("finished", "")):
+                continue
+        by_key[key] = rec
+    rows: dict[str, Row] = {}
+    metric_names: dict[Column, list[str]] = {}
+    for (name, col, _seed), rec in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+        m = rec["model"]
+        row = rows.setdefault(name, Row(name, m.get("params"), m.get("pretrain_data") or "unknown"))
+        if m.get("params") is not None and row.params is not None and m["params"] != row.params:
+            log.warning("model %r: results disagree on the parameter count (%s vs %s)", name, row.params, m["params"])
+        row.cells.setdefault(col, Cell([])).values.append(float(rec["metric"]["value"]))
+        names = metric_names.setdefault(col, [])
+        if rec["metric"]["name"] not in names:
+            names.append(rec["metric"]["name"])
+    for col, names in metric_names.items():
+        if len(names) > 1:
+            log.warning("column %s mixes metrics %s", col, names)
+    measured = sorted({c for r in rows.values() for c in r.cells}, key=_column_sort_key)
+    out_rows = list(rows.values())
+    if references:
+        for ref in REFERENCE_ROWS:
+            out_rows.append(Row(ref["name"], ref["params"], ref["pretrain_data"],
+                                {c: Cell([v]) for c, v in ref["cells"].items()}, reference=ref["source"]))
+    if columns is None:
+        columns = measured or sorted({c for r in out_rows for c in r.cells}, key=_column_sort_key)
+    columns = list(columns)
+    for r in out_rows:  # drop cells outside the chosen columns (e.g. paper ImageNet cells in a transfer-only table)
+        r.cells = {c: v for c, v in r.cells.items() if c in columns}
+    return Table(columns, out_rows, metric_names)
+
+
+# ------------------------------------------------------------------------------------------------------- rendering
+def column_label(col: Column) -> str:
+    ds, proto = col
+    return f"{DATASET_LABELS.get(ds, ds)} {PROTOCOL_LABELS.get(proto, proto)}"
+
+
+def _params(p: int | None) -> str:
+    return MISSING if p is None else f"{p / 1e6:.1f}M"
+
+
+def _number(cell: Cell, digits: int, pm: str) -> str:
+    text = f"{cell.mean:.{digits}f}"
+    if cell.std is not None:
+        text += f" {pm} {cell.std:.{digits}f} ({cell.n})"
+    return text
+
+
+def _is_best(value: float | None, best: float | None, digits: int) -> bool:
+    # compare at the printed precision so visually equal values are all marked
+    return value is not None and best is not None and round(value, digits) == round(best, digits)
+
+
+def _row_name(row: Row) -> str:
+    return row.name + (DAGGER if row.reference else "")
+
+
+def _notes(table: Table) -> list[str]:
+    notes = ["Cells: top-1 (%); with several seeds mean ± sample std (seed count); – = not run; best per column in "
+             "bold; Mean only for rows with every column."]
+    special = {f"{column_label(c)}: {', '.join(n)}" for c, n in table.metric_names.items() if n != ["top1"]}
+    if special:
+        notes.append("Metrics: " + "; ".join(sorted(special)) + ".")
+    cites = sorted({r.reference for r in table.rows if r.reference})
+    for cite in cites:
+        notes.append(f"{DAGGER} {cite}.")
+    return notes
+
+
+def _cells(table: Table, row: Row, digits: int, pm: str) -> list[tuple[str, bool]]:
+    """(text, is_best) for each column and the mean."""
+    best = table.best()
+    out = []
+    for c in table.columns:
+        cell = row.cells.get(c)
+        out.append((MISSING, False) if cell is None else
+                   (_number(cell, digits, pm), _is_best(cell.mean, best.get(c), digits)))
+    mean = row.mean(table.columns)
+    out.append((MISSING, False) if mean is None else (f"{mean:.{digits}f}", _is_best(mean, best.get("mean"), digits)))
+    return out
+
+
+def to_markdown(table: Table, digits: int = 1) -> str:
+    header = ["Model", "Params", "Pretrain data", *map(column_label, table.columns), "Mean"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
+    for row in table.rows:
+        cells = [f"**{t}**" if b else t for t, b in _cells(table, row, digits, "±")]
+        lines.append("| " + " | ".join([_row_name(row).replace("|", "\\|"), _params(row.params),
+                                        row.pretrain_data, *cells]) + " |")
+    return "\n".join(lines + [""] + _notes(table)) + "\n"
+
+
+def to_csv(table: Table, digits: int = 4) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    cols = [f"{ds}/{proto}" for ds, proto in table.columns]
+    w.writerow(["model", "params", "pretrain_data", "reference",
+                *[f"{c}{s}" for c in cols for s in ("", "_std", "_seeds", "_best")], "mean", "mean_best"])
+    best = table.best()
+    for row in table.rows:
+        out: list[Any] = [row.name, row.params if row.params is not None else "", row.pretrain_data,
+                          row.reference or ""]
+        for c in table.columns:
+            cell = row.cells.get(c)
+            if cell is None:
+                out += ["", "", 0, 0]
+            else:
+                out += [round(cell.mean, digits), "" if cell.std is None else round(cell.std, digits), cell.n,
+                        int(_is_best(cell.mean, best.get(c), digits))]
+        mean = row.mean(table.columns)
+        out += ["" if mean is None else round(mean, digits), int(_is_best(mean, best.get("mean"), digits))]
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def _dataset_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
+    groups: list[tuple[str, int]] = []
+    for ds, _ in columns:
+        if groups and groups[-1][0] == ds:
+            groups[-1] = (ds, groups[-1][1] + 1)
+        else:
+            groups.append((ds, 1))
+    return groups
+
+
+def to_html(table: Table, digits: int = 1, title: str = "Transfer leaderboard") -> str:
+    e = html.escape
+    groups = _dataset_groups(table.columns)
+    head1 = ['<th rowspan="2">Model</th>', '<th rowspan="2">Params</th>', '<th rowspan="2">Pretrain data</th>']
+    head1 += [f'<th colspan="{n}">{e(DATASET_LABELS.get(ds, ds))}</th>' for ds, n in groups]
+    head1.append('<th rowspan="2">Mean</th>')
+    head2 = [f"<th>{e(PROTOCOL_LABELS.get(p, p))}</th>" for _, p in table.columns]
+    body = []
+    for row in table.rows:
+        cells = [f"<td><b>{e(t)}</b></td>" if b else f"<td>{e(t)}</td>" for t, b in _cells(table, row, digits, "±")]
+        body.append("<tr>" + "".join([f"<td>{e(_row_name(row))}</td>", f"<td>{e(_params(row.params))}</td>",
+                                      f"<td>{e(row.pretrain_data)}</td>", *cells]) + "</tr>")
+    notes = "".join(f"<p>{e(n)}</p>\n" for n in _notes(table))
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>\n"
+            "<style>table{border-collapse:collapse}th,td{border:1px solid #999;padding:2px 6px;text-align:right}"
+            "td:nth-child(-n+3){text-align:left}</style></head><body>\n"
+            f"<table>\n<thead><tr>{''.join(head1)}</tr>\n<tr>{''.join(head2)}</tr></thead>\n<tbody>\n"
+            + "\n".join(body) + f"\n</tbody>\n</table>\n{notes}</body></html>\n")
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}", DAGGER: r"$^\dagger$", "±": r"$\pm$", "–": "--"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table, digits: int = 1) -> str:
+    """A ``tabular`` (needs ``\\usepackage{booktabs}``) with data sets spanning their protocols."""
+    n_cols = 3 + len(table.columns) + 1
+    groups = _dataset_groups(table.columns)
+    lines = [r"\begin{tabular}{lrl" + "r" * (len(table.columns) + 1) + "}", r"\toprule"]
+    top = ["", "", ""] + [rf"\multicolumn{{{n}}}{{c}}{{{_tex(DATASET_LABELS.get(ds, ds))}}}" for ds, n in groups] + [""]
+    lines.append(" & ".join(top) + r" \\")
+    rules, start = [], 4
+    for _, n in groups:
+        rules.append(rf"\cmidrule(lr){{{start}-{start + n - 1}}}")
+        start += n
+    lines.append(" ".join(rules))
+    lines.append(" & ".join(["Model", "Params", "Pretrain data",
+                             *[_tex(PROTOCOL_LABELS.get(p, p)) for _, p in table.columns], "Mean"]) + r" \\")
+    lines.append(r"\midrule")
+    for row in table.rows:
+        cells = [rf"\textbf{{{_tex(t)}}}" if b else _tex(t) for t, b in _cells(table, row, digits, "±")]
+        lines.append(" & ".join([_tex(_row_name(row)), _tex(_params(row.params)), _tex(row.pretrain_data), *cells])
+                     + r" \\")
+    lines.append(r"\bottomrule")
+    for note in _notes(table):
+        lines.append(rf"\multicolumn{{{n_cols}}}{{l}}{{\footnotesize {_tex(note)}}} \\")
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+FORMATS = {"md": to_markdown, "csv": to_csv, "html": to_html, "tex": to_latex}
+
+
+# ------------------------------------------------------------------------------------------------------------- CLI
+def _parse_column(text: str) -> Column:
+    if "/" not in text:
+        raise argparse.ArgumentTypeError(f"column {text!r} must be <dataset>/<protocol>, e.g. cifar10/finetune")
+    ds, proto = text.split("/", 1)
+    return ds, proto
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, str]:
+    """``tools/transfer_leaderboard.py``: returns {format: text} and writes files when ``--out`` is given."""
+    p = argparse.ArgumentParser(description="Collect transfer result JSONs into a leaderboard table.")
+    p.add_argument("results", nargs="+", help="result JSON files or folders searched recursively for them")
+    p.add_argument("--out", help="output path stem: writes <stem>.md, .csv, .html, .tex (only --formats given)")
+    p.add_argument("--formats", nargs="+", choices=sorted(FORMATS), default=sorted(FORMATS))
+    p.add_argument("--paper", action="store_true", help="add the iBOT paper's rows (cited)")
+    p.add_argument("--columns", nargs="+", type=_parse_column, help="fix columns, e.g. cifar10/finetune cars/knn")
+    p.add_argument("--digits", type=int, default=1, help="decimals in md/html/tex (csv keeps 4)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    files = find_result_files(args.results)
+    if not files:
+        raise SystemExit(f"no transfer result files (schema ibot-suite/transfer-result/1) under {args.results}")
+    table = build_table([load_result(f) for f in files], references=args.paper, columns=args.columns)
+    out = {fmt: (FORMATS[fmt](table) if fmt == "csv" else FORMATS[fmt](table, args.digits)) for fmt in args.formats}
+    if args.out:
+        for fmt, text in out.items():
+            path = Path(f"{args.out}.{fmt}")
+            write_text(path, text)
+            log.info("wrote %s", path)
+    else:
+        print(out.get("md") or next(iter(out.values())))
+    log.info("%d result files, %d rows, %d columns", len(files), len(table.rows), len(table.columns))
+    return out

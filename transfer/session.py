@@ -1,0 +1,139 @@
+"""A protocol run's surroundings: device, process group, seed, output folder, data sets, and the result file.
+
+Usage inside a protocol::
+
+    with Session(cfg) as s:
+        model, info = s.backbone(drop_path_rate=0.0)
+        train = s.dataset("train", transform)
+        ...
+        return s.finish(info, train, test, metric_name="top1", value=acc, metrics={...})
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from transfer.backbone import BackboneInfo, build_backbone
+from transfer.datasets import ClassificationDataset, build_dataset
+from transfer.distributed import DistContext, init_distributed, shutdown
+from transfer.results import SCHEMA, write_json
+from transfer.runtime import amp_enabled, environment, resolve_device, seed_all
+
+__all__ = ["Session", "default_output_dir"]
+
+log = logging.getLogger(__name__)
+
+RESULT_NAME = "result.json"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "model"
+
+
+def default_output_dir(cfg: dict[str, Any]) -> Path:
+    """``work_dirs/transfer/<protocol>/<dataset>/<model>/seed<seed>`` (relative to the working directory)."""
+    m = cfg["model"]
+    model = m["name"] or f"{m['arch']}_p{m['patch_size']}_" + (Path(m["pretrained"]).stem if m["pretrained"] else "random")
+    return Path("work_dirs", "transfer", cfg["protocol"], cfg["data"]["name"], _slug(model), f"seed{cfg['seed']}")
+
+
+class Session:
+    """Context manager: sets up on enter, tears the process group down on exit (only if it created it)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(cfg["output_dir"]) if cfg["output_dir"] else default_output_dir(cfg)
+        self._owns_group = False
+        self._file_handler: logging.Handler | None = None
+
+    # ------------------------------------------------------------------ setup / teardown
+    def __enter__(self) -> Session:
+        cfg = self.cfg
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(cfg["device"], local_rank)
+        was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.ctx: DistContext = init_distributed(self.device)
+        self._owns_group = self.ctx.enabled and not was_initialised
+        self.amp = amp_enabled(cfg["amp"], self.device)
+        self.progress = bool(cfg["progress"]) and self.ctx.is_main
+        # Different augmentation streams per process; weights are synchronised by DDP / loaded identically.
+        seed_all(int(cfg["seed"]) + self.ctx.rank)
+        self.started = datetime.datetime.now(datetime.timezone.utc)
+        self._t0 = time.perf_counter()
+        if self.ctx.is_main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            self._file_handler = logging.FileHandler(self.output_dir / "log.txt")
+            self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+            logging.getLogger().addHandler(self._file_handler)
+            log.info("%s on %s: output %s, device %s x %d, amp %s", cfg["protocol"], cfg["data"]["name"],
+                     self.output_dir, self.device, self.ctx.world_size, "bf16" if self.amp else "off")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file_handler is not None:
+            logging.getLogger().removeHandler(self._file_handler)
+            self._file_handler.close()
+        if self._owns_group:
+            shutdown()
+
+    # ------------------------------------------------------------------ building blocks
+    def backbone(self, drop_path_rate: float) -> tuple[torch.nn.Module, BackboneInfo]:
+        model, info = build_backbone(self.cfg["model"], drop_path_rate=drop_path_rate)
+        return model.to(self.device), info
+
+    def model_shape(self) -> dict[str, Any]:
+        """The model settings that change its outputs (for feature-cache keys)."""
+        return {k: v for k, v in self.cfg["model"].items() if k not in ("name", "pretrain_data", "pretrained")}
+
+    def dataset(self, split: str, transform: Any) -> ClassificationDataset:
+        d = self.cfg["data"]
+        return build_dataset(d["name"], d["root"], split, transform, d["layout"])
+
+    def num_classes(self, train_set: ClassificationDataset) -> int:
+        """The recipe's class count, checked against the data (an ImageFolder recipe takes the data's)."""
+        expected, found = self.cfg["data"]["num_classes"], train_set.num_classes
+        if expected is not None and expected != found:
+            raise ValueError(f"{self.cfg['data']['name']}: the recipe expects {expected} classes but the data at "
+                             f"'{self.cfg['data']['root']}' has {found} (wrong root or layout?)")
+        if max(train_set.targets) >= found:
+            raise ValueError(f"labels reach {max(train_set.targets)} but there are only {found} classes")
+        return found
+
+    # ------------------------------------------------------------------ result
+    def finish(self, info: BackboneInfo, train_set: ClassificationDataset, test_set: ClassificationDataset, *,
+               metric_name: str, value: float, metrics: dict[str, Any], selection: str = "",
+               history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Assemble the result record; the main process writes ``<output_dir>/result.json``."""
+        cfg = self.cfg
+        finished = datetime.datetime.now(datetime.timezone.utc)
+        record = {
+            "schema": SCHEMA,
+            "protocol": cfg["protocol"],
+            "model": info.to_dict(),
+            "dataset": {"name": cfg["data"]["tag"] or cfg["data"]["name"], "reader": cfg["data"]["name"],
+                        "root": cfg["data"]["root"], "num_classes": train_set.num_classes,
+                        "num_train": len(train_set), "num_test": len(test_set),
+                        "train_split": cfg["data"]["train_split"], "test_split": cfg["data"]["test_split"]},
+            "metric": {"name": metric_name, "value": float(value), "selection": selection},
+            "metrics": metrics,
+            "seed": int(cfg["seed"]),
+            "config": cfg,
+            "env": environment(self.device, self.ctx.world_size, self.amp),
+            "history": history or [],
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "wall_s": round(time.perf_counter() - self._t0, 3),
+        }
+        if self.ctx.is_main:
+            path = self.output_dir / RESULT_NAME
+            write_json(path, record)
+            log.info("%s = %.2f; result written to %s", metric_name, value, path)
+            record["path"] = str(path)
+        return record
