@@ -120,8 +120,10 @@ def _strip(sd: Mapping[str, Tensor], prefix: str = "module.") -> dict[str, Tenso
 def infer_model_config(state_dict: Mapping[str, Tensor]) -> dict:
     """Architecture of an official-format ``backbone.* / head.*`` state dict.
 
-    Returns ``dict(arch, patch_size, img_size, out_dim, patch_out_dim, shared_head)``; a shared head
-    is recognised by ``last_layer2`` holding the same values as ``last_layer``.
+    Returns ``dict(arch, patch_size, img_size, out_dim, patch_out_dim, shared_head, vit_overrides,
+    head_hidden_dim, head_bottleneck_dim)``; ``arch`` is None for a non-standard width/depth (then
+    ``vit_overrides`` holds them). A shared head is recognised by ``last_layer2`` holding the same
+    values as ``last_layer``.
     """
     sd = _strip(state_dict)
     try:
@@ -133,13 +135,15 @@ def infer_model_config(state_dict: Mapping[str, Tensor]) -> dict:
     dim, patch = pos.shape[-1], proj.shape[-1]
     depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("backbone.blocks."))
     arch = next((a for a, c in ARCHS.items() if c["embed_dim"] == dim and c["depth"] == depth), None)
-    if arch is None:
-        raise ValueError(f"no known ViT has width {dim} and depth {depth}; known: {ARCHS}")
+    # A non-standard size keeps its width/depth; the head count is not recoverable from weights.
+    overrides = {} if arch else dict(embed_dim=dim, depth=depth)
     grid = int(round((pos.shape[1] - 1) ** 0.5))
     v2 = sd.get("head.last_layer2.weight_v", v1)
     shared = v2.shape == v1.shape and (v2.data_ptr() == v1.data_ptr() or torch.equal(v2, v1))
+    bottleneck, hidden = v1.shape[1], sd["head.mlp.0.weight"].shape[0]
     return dict(arch=arch, patch_size=patch, img_size=grid * patch, out_dim=v1.shape[0],
-                patch_out_dim=v2.shape[0], shared_head=shared)
+                patch_out_dim=v2.shape[0], shared_head=shared, vit_overrides=overrides,
+                head_hidden_dim=hidden, head_bottleneck_dim=bottleneck)
 
 
 def student_teacher_from_state(
@@ -147,19 +151,28 @@ def student_teacher_from_state(
     teacher_state: Mapping[str, Tensor],
     norm_last_layer: bool = True,
     drop_path_rate: float = 0.1,
+    num_heads: int | None = None,
 ) -> tuple[iBOTModel, iBOTModel]:
     """Build a student/teacher pair from official-format state dicts (``module.`` prefixes allowed),
     e.g. ``ckpt['student']`` and ``ckpt['teacher']`` of an official full checkpoint.
 
     ``norm_last_layer`` is not stored in checkpoints: pass the value the run used (official
-    ViT-S/16: False). Every key must match (errors list the offending keys).
+    ViT-S/16: False). ``num_heads`` is needed only for non-standard ViT sizes. Every key must
+    match (errors list the offending keys).
     """
     s_cfg, t_cfg = infer_model_config(student_state), infer_model_config(teacher_state)
+    over = dict(s_cfg["vit_overrides"])
+    if over:
+        if num_heads is None:
+            raise ValueError(f"non-standard ViT (width {over['embed_dim']}, depth {over['depth']}): "
+                             "pass num_heads")
+        over["num_heads"] = num_heads
     student, teacher = build_student_teacher(
-        s_cfg["arch"], patch_size=s_cfg["patch_size"], img_size=s_cfg["img_size"],
+        s_cfg["arch"] or "vit_small", patch_size=s_cfg["patch_size"], img_size=s_cfg["img_size"],
         drop_path_rate=drop_path_rate, out_dim=s_cfg["out_dim"], patch_out_dim=s_cfg["patch_out_dim"],
         shared_head=s_cfg["shared_head"], shared_head_teacher=t_cfg["shared_head"],
-        norm_last_layer=norm_last_layer)
+        norm_last_layer=norm_last_layer, head_hidden_dim=s_cfg["head_hidden_dim"],
+        head_bottleneck_dim=s_cfg["head_bottleneck_dim"], vit_overrides=over)
     load_model_state(student, student_state)
     load_model_state(teacher, teacher_state)
     return student, teacher

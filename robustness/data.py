@@ -159,7 +159,9 @@ def to_tensor(array: np.ndarray | Image.Image) -> Tensor:
     a = np.asarray(array)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) image, got {a.dtype} {a.shape}")
-    return torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div_(255.0)
+    if not (a.flags.writeable and a.flags.c_contiguous):
+        a = np.array(a, order="C")
+    return torch.from_numpy(a).permute(2, 0, 1).float().div_(255.0)
 
 
 class ImageListDataset(Dataset):
