@@ -53,14 +53,14 @@ class iBOTHead(nn.Module):
             raise ValueError("nlayers must be >= 1")
         if shared_head and out_dim != patch_out_dim:
             raise ValueError(f"shared_head needs out_dim == patch_out_dim, got {out_dim} and {patch_out_dim}")
-        if nlayers == 1:
-            layers: list[nn.Module] = [nn.Linear(in_dim, bottleneck_dim)]
+        if nlayers == 1:  # a bare Linear, as the official DINOHead (keys mlp.weight / mlp.bias)
+            self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim)
         else:
-            layers = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
+            layers: list[nn.Module] = [nn.Linear(in_dim, hidden_dim), nn.GELU()]
             for _ in range(nlayers - 2):
                 layers += [nn.Linear(hidden_dim, hidden_dim), nn.GELU()]
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
-        self.mlp = nn.Sequential(*layers)
+            self.mlp = nn.Sequential(*layers)
         for m in self.mlp.modules():
             if isinstance(m, nn.Linear):
                 trunc_normal_(m.weight, std=0.02)

@@ -125,10 +125,11 @@ def infer_model_config(state_dict: Mapping[str, Tensor]) -> dict:
     ``vit_overrides`` holds them). A shared head is recognised by ``last_layer2`` holding the same
     values as ``last_layer``.
     """
-    sd = _strip(state_dict)
+    sd = map_weight_norm_keys(_strip(state_dict))
     try:
         pos, proj = sd["backbone.pos_embed"], sd["backbone.patch_embed.proj.weight"]
         v1 = sd["head.last_layer.weight_v"]
+        first = sd["head.mlp.0.weight"] if "head.mlp.0.weight" in sd else sd["head.mlp.weight"]
     except KeyError as e:
         raise KeyError(f"not an iBOT student/teacher state dict: no {e.args[0]!r} "
                        f"(keys start with {sorted({k.split('.')[0] for k in sd})})") from None
@@ -140,7 +141,7 @@ def infer_model_config(state_dict: Mapping[str, Tensor]) -> dict:
     grid = int(round((pos.shape[1] - 1) ** 0.5))
     v2 = sd.get("head.last_layer2.weight_v", v1)
     shared = v2.shape == v1.shape and (v2.data_ptr() == v1.data_ptr() or torch.equal(v2, v1))
-    bottleneck, hidden = v1.shape[1], sd["head.mlp.0.weight"].shape[0]
+    bottleneck, hidden = v1.shape[1], first.shape[0]
     return dict(arch=arch, patch_size=patch, img_size=grid * patch, out_dim=v1.shape[0],
                 patch_out_dim=v2.shape[0], shared_head=shared, vit_overrides=overrides,
                 head_hidden_dim=hidden, head_bottleneck_dim=bottleneck)

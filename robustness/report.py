@@ -132,8 +132,9 @@ def _plt():
 
 
 def _grid_plot(series: Mapping[str, Mapping[str, Mapping[str, float]]], names: Sequence[str], ylabel: str,
-               title: str, percent: bool = True):
-    """One subplot per corruption: value vs severity, one line per model. ``series[model][corruption][sev]``."""
+               title: str, percent: bool = True, clean: Mapping[str, float | None] | None = None):
+    """One subplot per corruption: value vs severity, one line per model (``series[model][corruption][sev]``),
+    with the model's clean value as a dotted line of the same colour."""
     plt = _plt()
     names = [n for n in names if any(n in s for s in series.values())]
     cols = min(5, max(1, len(names)))
@@ -146,13 +147,18 @@ def _grid_plot(series: Mapping[str, Mapping[str, Mapping[str, float]]], names: S
             if name not in per_c:
                 continue
             pts = sorted((int(s), v) for s, v in per_c[name].items())
-            ax.plot([p[0] for p in pts], [(100 * p[1] if percent else p[1]) for p in pts], marker="o", ms=3,
-                    label=model)
+            scale = 100.0 if percent else 1.0
+            (line,) = ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o", ms=3, label=model)
+            ref = (clean or {}).get(model)
+            if ref is not None:
+                ax.axhline(scale * ref, color=line.get_color(), ls=":", lw=1)
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.set_xticks([1, 2, 3, 4, 5])
         ax.grid(alpha=0.3)
     for ax in axes[:, 0]:
         ax.set_ylabel(ylabel)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("severity")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02))
@@ -191,7 +197,9 @@ def _section_imagenet_c(doc: _Doc, summaries: Sequence[dict]) -> None:
                   [[s["model"]] + [_pct(s["imagenet_c"]["extra"]["corruption_err"].get(c)) for c in extra]
                    + [_pct(s["imagenet_c"]["extra"]["mean_err"])] for s in models])
     series = {s["model"]: s["imagenet_c"]["errors"] for s in models}
-    doc.figure(_grid_plot(series, ALL_CORRUPTIONS, "top-1 err (%)", "ImageNet-C: error vs severity"),
+    clean = {s["model"]: s["imagenet_c"]["clean_err"] for s in models}
+    doc.figure(_grid_plot(series, ALL_CORRUPTIONS, "top-1 err (%)", "ImageNet-C: error vs severity (dotted: clean)",
+                          clean=clean),
                "imagenet_c_error_vs_severity", "ImageNet-C top-1 error vs severity, per corruption")
 
 
@@ -283,8 +291,10 @@ def _section_dense(doc: _Doc, summaries: Sequence[dict], task: str, title: str) 
         doc.table([f"Model ({metric})"] + [_SHORT[c] for c in present],
                   [[m] + [_num(p.get(c), 3) for c in present] for m, p in per.items()])
         series = {s["model"]: s[task][metric]["cells"] for s in models if metric in s[task]}
+        clean = {s["model"]: s[task][metric]["P"] for s in models if metric in s[task]}
         safe = metric.replace("/", "_")
-        doc.figure(_grid_plot(series, ALL_CORRUPTIONS, metric, f"{title}: {metric} vs severity", percent=False),
+        doc.figure(_grid_plot(series, ALL_CORRUPTIONS, metric, f"{title}: {metric} vs severity (dotted: clean)",
+                              percent=False, clean=clean),
                    f"{task}_{safe}_vs_severity", f"{metric} vs severity, per corruption")
 
 

@@ -38,7 +38,7 @@ from ibot.model import (
 )
 from ibot.optim import cancel_last_layer_gradients, clip_gradients, ema_update, param_groups, shared_parameters
 from ibot.schedules import cosine_scheduler, teacher_temp_schedule
-from ibot.vit import ARCHS, build_vit, iBOTViT
+from ibot.vit import build_vit, iBOTViT
 
 EMBED, DEPTH, HEADS, PATCH, IMG = 32, 2, 2, 8, 32
 LN3, LN2 = math.log(3.0), math.log(2.0)
@@ -583,11 +583,8 @@ def test_ema_update_and_shared_parameters():
 # ============================================================================ model building / loading
 
 
-@pytest.fixture
-def tiny_arch(monkeypatch):
-    """A registered tiny architecture so the builders (which take an arch name) stay fast."""
-    monkeypatch.setitem(ARCHS, "vit_test", dict(embed_dim=EMBED, depth=DEPTH, num_heads=HEADS))
-    return "vit_test"
+TINY = dict(vit_overrides=dict(embed_dim=EMBED, depth=DEPTH, num_heads=HEADS), head_hidden_dim=48,
+            head_bottleneck_dim=16, patch_size=PATCH, img_size=IMG, out_dim=64)
 
 
 def _perturbed(sd: dict, seed: int) -> dict:
@@ -602,10 +599,10 @@ def _perturbed(sd: dict, seed: int) -> dict:
 
 @pytest.mark.parametrize("shared_head, shared_head_teacher, patch_out_dim", [
     (True, True, 64), (False, True, 64), (False, False, 48)])
-def test_infer_config_and_rebuild_from_state(tiny_arch, shared_head, shared_head_teacher, patch_out_dim):
-    student, teacher = build_student_teacher(tiny_arch, patch_size=PATCH, img_size=IMG, out_dim=64,
-                                             patch_out_dim=patch_out_dim, shared_head=shared_head,
-                                             shared_head_teacher=shared_head_teacher, norm_last_layer=False)
+def test_infer_config_and_rebuild_from_state(shared_head, shared_head_teacher, patch_out_dim):
+    student, teacher = build_student_teacher("vit_small", patch_out_dim=patch_out_dim, shared_head=shared_head,
+                                             shared_head_teacher=shared_head_teacher, norm_last_layer=False,
+                                             **TINY)
     assert "backbone.masked_embed" not in teacher.state_dict()
     assert not any(p.requires_grad for p in teacher.parameters())
     # official layout: DDP student ("module."), plain teacher; weights differ after training
@@ -617,17 +614,23 @@ def test_infer_config_and_rebuild_from_state(tiny_arch, shared_head, shared_head
     ck = torch.load(buf, weights_only=True)
 
     s_cfg, t_cfg = infer_model_config(ck["student"]), infer_model_config(ck["teacher"])
-    assert s_cfg == dict(arch=tiny_arch, patch_size=PATCH, img_size=IMG, out_dim=64,
-                         patch_out_dim=patch_out_dim, shared_head=shared_head)
+    expect = dict(patch_size=PATCH, img_size=IMG, out_dim=64, patch_out_dim=patch_out_dim, shared_head=shared_head,
+                  head_hidden_dim=48, head_bottleneck_dim=16, arch=None,
+                  vit_overrides=dict(embed_dim=EMBED, depth=DEPTH))  # non-standard size: no arch name
+    assert {k: s_cfg[k] for k in expect} == expect
     assert t_cfg["shared_head"] is shared_head_teacher
     assert t_cfg["patch_out_dim"] == (64 if shared_head_teacher else patch_out_dim)
 
+    with pytest.raises(ValueError, match="num_heads"):  # not recoverable from the weights
+        student_teacher_from_state(ck["student"], ck["teacher"])
     s2, t2 = student_teacher_from_state(ck["student"], ck["teacher"], norm_last_layer=False,
-                                        drop_path_rate=0.0)
+                                        drop_path_rate=0.0, num_heads=HEADS)
     for k, v in s2.state_dict().items():
         assert torch.equal(v, ck["student"]["module." + k]), k
     for k, v in t2.state_dict().items():
         assert torch.equal(v, ck["teacher"][k]), k
+    assert len(s2.state_dict()) == len(ck["student"]) and len(t2.state_dict()) == len(ck["teacher"])
+    assert s2.backbone.blocks[0].attn.num_heads == HEADS
     assert (s2.head.last_layer2 is s2.head.last_layer) is shared_head
     assert (t2.head.last_layer2 is t2.head.last_layer) is shared_head_teacher
     assert s2.head.last_layer.weight_g.requires_grad  # norm_last_layer=False as passed
@@ -638,21 +641,23 @@ def test_infer_config_maps_real_arch_shapes():
     """Shapes of an official ViT-S/16 checkpoint (224 px, 8192-d heads, unshared), tensors only."""
     sd = {"module.backbone.pos_embed": torch.zeros(1, 197, 384),
           "module.backbone.patch_embed.proj.weight": torch.zeros(384, 3, 16, 16),
-          "module.head.last_layer.weight_v": torch.zeros(8192, 1),
-          "module.head.last_layer2.weight_v": torch.ones(8192, 1)}
+          "module.head.mlp.0.weight": torch.zeros(2048, 384),
+          "module.head.last_layer.weight_v": torch.zeros(8192, 256),
+          "module.head.last_layer2.weight_v": torch.ones(8192, 256)}
     sd.update({f"module.backbone.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(12)})
-    assert infer_model_config(sd) == dict(arch="vit_small", patch_size=16, img_size=224, out_dim=8192,
-                                          patch_out_dim=8192, shared_head=False)
+    cfg = infer_model_config(sd)
+    expect = dict(arch="vit_small", patch_size=16, img_size=224, out_dim=8192, patch_out_dim=8192,
+                  shared_head=False, head_hidden_dim=2048, head_bottleneck_dim=256)
+    assert {k: cfg[k] for k in expect} == expect and not cfg["vit_overrides"]
     sd["module.head.last_layer2.weight_v"] = sd["module.head.last_layer.weight_v"]
     assert infer_model_config(sd)["shared_head"] is True
-    del sd["module.backbone.blocks.11.norm1.weight"]
-    with pytest.raises(ValueError, match="no known ViT"):
-        infer_model_config(sd)
+    del sd["module.backbone.blocks.11.norm1.weight"]  # depth 11: no standard arch
+    cfg = infer_model_config(sd)
+    assert cfg["arch"] is None and cfg["vit_overrides"] == dict(embed_dim=384, depth=11)
 
 
-def test_loading_errors(tiny_arch):
-    student, teacher = build_student_teacher(tiny_arch, patch_size=PATCH, img_size=IMG, out_dim=64,
-                                             patch_out_dim=64)
+def test_loading_errors():
+    student, teacher = build_student_teacher("vit_small", patch_out_dim=64, **TINY)
     sd = student.state_dict()
     with pytest.raises(KeyError, match="backbone.masked_embed"):
         load_model_state(teacher, sd)  # unexpected key named
@@ -666,7 +671,7 @@ def test_loading_errors(tiny_arch):
     backbone_only = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
     with pytest.raises(KeyError, match="not an iBOT student/teacher state dict"):
         infer_model_config(backbone_only)
-    # ignored prefixes are tolerated and keep the model's own values
+    # ignored prefixes are tolerated; an ignored missing key keeps the model's own value
     load_model_state(teacher, sd, ignore_unexpected=("backbone.masked_embed",))
     own_norm = student.backbone.norm.weight.detach().clone()
     changed = {k: v + 1.0 for k, v in missing.items()}

@@ -70,7 +70,8 @@ def test_csv(records: list[dict]) -> None:
     rows = list(csv.DictReader(io.StringIO(to_csv(build_table(records)))))
     a = next(r for r in rows if r["model"] == A)
     b = next(r for r in rows if r["model"] == B)
-    assert float(a["cifar10/finetune"]) == pytest.approx(99.2) and float(a["cifar10/finetune_std"]) == pytest.approx(0.2)
+    assert float(a["cifar10/finetune"]) == pytest.approx(99.2)
+    assert float(a["cifar10/finetune_std"]) == pytest.approx(0.2)
     assert a["cifar10/finetune_seeds"] == "3" and a["cifar10/finetune_best"] == "0"
     assert b["cifar10/finetune_best"] == "1" and b["cars/finetune"] == "" and b["cars/finetune_seeds"] == "0"
     assert a["mean_best"] == "1" and b["mean"] == "" and a["params"] == "21700000"

@@ -31,6 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _plain(value):
+    """JSON-friendly metric value (mmdet / mmseg return numpy scalars)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     from mmengine.dist import is_main_process
@@ -47,8 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = runner.test()
     if args.metrics_json and is_main_process():
         with open(args.metrics_json, "w", encoding="utf-8") as fh:
-            json.dump({k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()}, fh,
-                      indent=2)
+            json.dump({k: _plain(v) for k, v in metrics.items()}, fh, indent=2)
     return metrics
 
 

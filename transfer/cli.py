@@ -55,7 +55,8 @@ def build_parser(protocol: str) -> argparse.ArgumentParser:
         p.add_argument("--lr", type=float, help="base lr per 512 images (optim.lr)")
         p.add_argument("--layer-decay", type=float, help="layer-wise lr decay, e.g. 0.75 (default off)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--output-dir", "--work-dir", dest="output_dir", help="run folder (default work_dirs/transfer/<protocol>/<dataset>/<model>/seed<s>)")
+    p.add_argument("--output-dir", "--work-dir", dest="output_dir",
+                   help="run folder (default work_dirs/transfer/<protocol>/<dataset>/<model>/seed<seed>)")
     p.add_argument("--device", help="cuda | cpu | auto")
     amp = p.add_mutually_exclusive_group()
     amp.add_argument("--amp", dest="amp", action="store_true", default=None, help="bf16 autocast (default on CUDA)")

@@ -318,16 +318,18 @@ def read_cars(root: str | os.PathLike, split: str, transform: Callable | None = 
     if layout == "imagefolder":
         return read_imagefolder(root, split, transform, name="cars")
     if layout == "devkit" and devkit_base is not None:
-        ann = devkit_base / "devkit" / ("cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat")
+        # the test labels were released later, as cars_test_annos_withlabels.mat
+        ann_name = "cars_train_annos.mat" if split == "train" else "cars_test_annos_withlabels.mat"
+        ann = devkit_base / "devkit" / ann_name
         if not ann.exists():
-            raise _layout_error("cars", root, f"'{ann}' is missing (the test labels ship as "
-                                "cars_test_annos_withlabels.mat)", CARS_LAYOUT)
+            raise _layout_error("cars", root, f"'{ann}' is missing", CARS_LAYOUT)
         recs = _struct_records(loadmat(ann, squeeze_me=True), "annotations", ann)
         img_dir = devkit_base / f"cars_{split}"
         samples = [(str(img_dir / str(r["fname"])), int(r["class"]) - 1) for r in recs]
         meta = devkit_base / "devkit" / "cars_meta.mat"
         num = max(t for _, t in samples) + 1
-        classes = _names(loadmat(meta, squeeze_me=True)["class_names"]) if meta.exists() else [str(i + 1) for i in range(num)]
+        classes = (_names(loadmat(meta, squeeze_me=True)["class_names"]) if meta.exists()
+                   else [str(i + 1) for i in range(num)])
     elif layout == "annos" and annos_base is not None:
         ann = annos_base / "cars_annos.mat"
         mat = loadmat(ann, squeeze_me=True)

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["DistContext", "init_distributed", "shutdown", "all_reduce_sum", "gather_rows", "broadcast_object", "all_gather_object"]
+__all__ = ["DistContext", "init_distributed", "shutdown", "all_reduce_sum", "gather_rows", "all_gather_object",
+           "wrap_ddp"]
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,6 @@ def gather_rows(rows: Tensor, indices: Tensor, total: int) -> Tensor:
     return out
 
 
-def broadcast_object(obj: object) -> object:
-    """Rank 0's ``obj`` on every process."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
 
 def all_gather_object(obj: object) -> list[object]:
     """Every process's ``obj``, in rank order (a one-element list in a world of one)."""
@@ -102,3 +96,10 @@ def all_gather_object(obj: object) -> list[object]:
     out: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def wrap_ddp(module: nn.Module, device: torch.device, ctx: DistContext) -> nn.Module:
+    """``DistributedDataParallel`` over the process group (the module itself in a world of one)."""
+    if not ctx.enabled:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,3 @@ def cached_features(cache_dir: str | os.PathLike | None, key: str, compute, is_m
         save_file({"features": feats, "labels": labels}, path)
         log.info("features cached at '%s'", path)
     return feats, labels, False
-
-
-def spec_dicts(specs: list[FeatureSpec]) -> list[dict[str, Any]]:
-    return [asdict(s) for s in specs]

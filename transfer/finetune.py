@@ -24,7 +24,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ibot.vit import iBOTViT
@@ -114,6 +113,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, num_clas
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Fine-tuning protocol end to end; returns the result record (also in ``<output_dir>/result.json``)."""
+    from transfer.distributed import wrap_ddp
     from transfer.loaders import eval_loader, set_epoch, train_loader
     from transfer.runtime import autocast
     from transfer.session import Session
@@ -129,7 +129,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         num_classes = s.num_classes(train_set)
         backbone, info = s.backbone(drop_path_rate=cfg["drop_path_rate"])
         model = ViTClassifier(backbone, num_classes).to(s.device)
-        ddp = DistributedDataParallel(model) if s.ctx.enabled else model
+        ddp = wrap_ddp(model, s.device, s.ctx)
 
         batch, world = cfg["batch_size"], s.ctx.world_size
         optim = cfg["optim"]

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 @torch.no_grad()
 def knn_scores(train_features: Tensor, train_labels: Tensor, test_features: Tensor, ks: list[int],
-               temperature: float, num_classes: int, chunk: int = 1024) -> dict[int, Tensor]:
+               temperature: float, num_classes: int, chunk: int = 256) -> dict[int, Tensor]:
     """Class scores of every test sample for each k.
 
     Args:
@@ -28,7 +28,7 @@ def knn_scores(train_features: Tensor, train_labels: Tensor, test_features: Tens
         test_features: (M, F). Both are L2-normalised here.
         ks: neighbour counts (each <= N).
         temperature: T of the ``exp(sim / T)`` vote weight.
-        chunk: test rows per similarity block, bounding memory at chunk x N.
+        chunk: test rows per similarity block, bounding memory at chunk x N floats.
     Returns:
         {k: (M, C) summed vote weights}.
     """
@@ -64,6 +64,9 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     from transfer.session import Session
     from transfer.transforms import eval_transform
 
+    ks, report_k = sorted(int(k) for k in cfg["ks"]), int(cfg["report_k"])
+    if report_k not in ks:
+        raise ValueError(f"report_k={report_k} is not among ks={ks}")
     with Session(cfg) as s:
         spec = FeatureSpec.from_dict(cfg["feature"])
         model, info = s.backbone(drop_path_rate=0.0)
@@ -88,7 +91,6 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
 
         train_x, train_y = features("train", train_set)
         test_x, test_y = features("test", test_set)
-        ks = sorted(int(k) for k in cfg["ks"])
         scores = knn_scores(train_x.to(s.device), train_y.to(s.device), test_x.to(s.device), ks,
                             cfg["temperature"], num_classes)
         metrics: dict[str, Any] = {}
@@ -96,9 +98,6 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
             acc = knn_accuracy(scores[k], test_y.to(s.device))
             metrics.update({f"{name}@k={k}": value for name, value in acc.items()})
             log.info("k-NN k=%d T=%g: %s", k, cfg["temperature"], acc)
-        report_k = int(cfg["report_k"])
-        if report_k not in ks:
-            raise ValueError(f"report_k={report_k} is not among ks={ks}")
         metrics["features_from_cache"] = loaded
         return s.finish(info, train_set, test_set, metric_name=f"top1@k={report_k}",
                         value=metrics[f"top1@k={report_k}"], metrics=metrics)

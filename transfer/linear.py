@@ -13,7 +13,6 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 from tqdm import tqdm
 
@@ -97,7 +96,7 @@ def train_epoch(sweep: nn.Module, batches: Iterator[tuple[list[Tensor], Tensor]]
 
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Linear-probe protocol end to end; returns the result record (also in ``<output_dir>/result.json``)."""
-    from transfer.distributed import all_reduce_sum
+    from transfer.distributed import all_reduce_sum, wrap_ddp
     from transfer.features import cache_key, cached_features, check_specs, extract_features, spec_features
     from transfer.loaders import ShardSampler, eval_loader, set_epoch, train_loader
     from transfer.runtime import autocast
@@ -134,7 +133,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         batch, world = cfg["batch_size"], s.ctx.world_size
         sweep = LinearSweep([sp.dim(model.embed_dim) for sp in specs], num_classes, cfg["lrs"],
                             [sp.label for sp in specs], lr_scale=batch * world / cfg["lr_batch_ref"]).to(s.device)
-        ddp = DistributedDataParallel(sweep) if s.ctx.enabled else sweep
+        ddp = wrap_ddp(sweep, s.device, s.ctx)
         optimizer = torch.optim.SGD(sweep.param_groups(), momentum=cfg["momentum"],
                                     weight_decay=cfg["weight_decay"])
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg["epochs"], eta_min=0.0)

@@ -40,8 +40,10 @@ def _slug(text: str) -> str:
 def default_output_dir(cfg: dict[str, Any]) -> Path:
     """``work_dirs/transfer/<protocol>/<dataset>/<model>/seed<seed>`` (relative to the working directory)."""
     m = cfg["model"]
-    model = m["name"] or f"{m['arch']}_p{m['patch_size']}_" + (Path(m["pretrained"]).stem if m["pretrained"] else "random")
-    return Path("work_dirs", "transfer", cfg["protocol"], cfg["data"]["name"], _slug(model), f"seed{cfg['seed']}")
+    weights = Path(m["pretrained"]).stem if m["pretrained"] else "random"
+    model = m["name"] or f"{m['arch']}_p{m['patch_size']}_{weights}"
+    dataset = cfg["data"]["tag"] or cfg["data"]["name"]
+    return Path("work_dirs", "transfer", cfg["protocol"], dataset, _slug(model), f"seed{cfg['seed']}")
 
 
 class Session:

@@ -5,13 +5,13 @@
 _base_ = 'mmseg::_base_/schedules/schedule_160k.py'
 
 max_iters = 160000
-optimizer = dict(_delete_=True, type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05)
+optimizer = dict(_delete_=True, type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05)  # unused alias
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     constructor='ViTLayerDecayOptimWrapperConstructor',
     paramwise_cfg=dict(layer_decay_rate=0.9),
-    optimizer=optimizer,
+    optimizer=dict(type='AdamW', lr=3e-5, betas=(0.9, 0.999), weight_decay=0.05),
     clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=1e-6, by_epoch=False, begin=0, end=1500),
