@@ -183,3 +183,13 @@ def test_fresh_start_refuses_existing_checkpoints(tmp_path: Path, image_root: Pa
     proc = _run(tmp_path / "w", image_root, "train.epochs=1", resume=False)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "already holds checkpoints" in out
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, image_root: Path) -> None:
+    proc = _run(tmp_path / "nan", image_root, "optim.lr=1e30", "optim.clip_grad=0", resume=False)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "non-finite loss" in out, out[-2000:]
+    # Checkpoints written before the divergence have finite weights and stay loadable.
+    for _, path in list_checkpoints(str(tmp_path / "nan")):
+        state = load_checkpoint(path)
+        assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
