@@ -53,6 +53,12 @@ def backbone_state_dict(ckpt: Mapping[str, Any], checkpoint_key: str | None = No
     return sd
 
 
+def split_ignored(sd: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """(``sd`` without the :data:`ALWAYS_IGNORED` keys, the dropped key names)."""
+    dropped = sorted(k for k in sd if any(k == p or k.startswith(p + ".") for p in ALWAYS_IGNORED))
+    return {k: v for k, v in sd.items() if k not in dropped}, dropped
+
+
 def load_pretrained(
     vit: nn.Module,
     checkpoint: str,

@@ -110,7 +110,7 @@ class _Doc:
         import matplotlib.pyplot as plt
 
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         png = buf.getvalue()
         self.plot_dir.mkdir(parents=True, exist_ok=True)
@@ -161,13 +161,52 @@ def _grid_plot(series: Mapping[str, Mapping[str, Mapping[str, float]]], names: S
         ax.set_xlabel("severity")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), bbox_to_anchor=(0.5, -0.02))
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    # fixed margins instead of tight_layout: a 19-panel figure would be drawn twice (slow on a busy CPU)
+    legend_rows = -(-len(labels) // 4) if handles else 0
+    fig.subplots_adjust(left=0.07, right=0.99, top=1 - 0.8 / (2.4 * rows), hspace=0.55, wspace=0.08,
+                        bottom=(0.55 + 0.25 * legend_rows) / (2.4 * rows))
     return fig
 
 
 # ------------------------------------------------------------------------------------------------ sections
+def _headline_columns(s: dict) -> dict[str, str]:
+    """The one-row-per-model overview (the layout of iBOT's Table 8, plus dense rPC)."""
+    cols: dict[str, str] = {}
+    if "imagenet_c" in s:
+        c = s["imagenet_c"]
+        cols.update({"Clean err": _pct(c["clean_err"]), "mCE ↓": _num(c["mce"]), "rel. mCE ↓": _num(c["relative_mce"])})
+    for mode, title in (("random", "Occl. random"), ("salient", "Occl. salient"), ("non_salient", "Occl. non-sal.")):
+        curve = s.get("occlusion", {}).get("curves", {}).get(mode)
+        if curve and 0.5 in curve["level"]:
+            cols[f"{title} @0.5"] = _pct(curve["acc"][curve["level"].index(0.5)])
+    if "backgrounds" in s:
+        for v in ("original", "mixed_same", "mixed_rand"):
+            if v in s["backgrounds"]["acc"]:
+                cols[_VARIANT_TITLES[v]] = _pct(s["backgrounds"]["acc"][v])
+        cols["BG-Gap"] = _pct(s["backgrounds"]["bg_gap"])
+    for k, v in s.get("ood", {}).get("acc", {}).items():
+        cols[_OOD_TITLES[k]] = _pct(v)
+    for task in ("det_c", "seg_c"):
+        for metric, d in s.get(task, {}).items():
+            cols[f"{metric.split('/')[-1]} P / mPC / rPC"] = (f"{_num(d['P'], 3)} / {_num(d['mPC'], 3)} / "
+                                                               f"{_num(d['rPC'])}")
+    return cols
+
+
+def _section_overview(doc: _Doc, summaries: Sequence[dict]) -> None:
+    per_model = [_headline_columns(s) for s in summaries]
+    header = list(dict.fromkeys(k for cols in per_model for k in cols))
+    if not header:
+        return
+    doc.heading("Overview")
+    doc.table(["Model"] + header, [[s["model"]] + [cols.get(h, "–") for h in header]
+                                   for s, cols in zip(summaries, per_model)])
+    doc.para("Accuracies and errors in %; occlusion at information loss 0.5; ↓ = lower is better. Details and "
+             "protocol notes in the sections below.")
+
+
 def _section_imagenet_c(doc: _Doc, summaries: Sequence[dict]) -> None:
     models = [s for s in summaries if "imagenet_c" in s]
     if not models:
@@ -285,17 +324,22 @@ def _section_dense(doc: _Doc, summaries: Sequence[dict], task: str, title: str) 
     doc.table(["Model", "metric", "P", "mPC", "rPC (%)", "all 15 × 5"], rows)
     doc.para("P = clean performance, mPC = mean over the 15 benchmark corruptions × severities 1–5, rPC = mPC / P "
              "(Michaelis et al. 2019). Corruptions applied in RGB order right after image loading.")
-    for metric in sorted({m for s in models for m in s[task]}):
+    metrics = sorted({m for s in models for m in s[task]})
+    series: dict[str, Mapping[str, Mapping[str, float]]] = {}
+    clean: dict[str, float | None] = {}
+    for metric in metrics:
         per = {s["model"]: s[task][metric]["per_corruption"] for s in models if metric in s[task]}
         present = [c for c in ALL_CORRUPTIONS if any(c in p for p in per.values())]
         doc.table([f"Model ({metric})"] + [_SHORT[c] for c in present],
                   [[m] + [_num(p.get(c), 3) for c in present] for m, p in per.items()])
-        series = {s["model"]: s[task][metric]["cells"] for s in models if metric in s[task]}
-        clean = {s["model"]: s[task][metric]["P"] for s in models if metric in s[task]}
-        safe = metric.replace("/", "_")
-        doc.figure(_grid_plot(series, ALL_CORRUPTIONS, metric, f"{title}: {metric} vs severity (dotted: clean)",
-                              percent=False, clean=clean),
-                   f"{task}_{safe}_vs_severity", f"{metric} vs severity, per corruption")
+        for s in models:
+            if metric in s[task]:
+                label = s["model"] if len(metrics) == 1 else f"{s['model']} · {metric}"
+                series[label] = s[task][metric]["cells"]
+                clean[label] = s[task][metric]["P"]
+    doc.figure(_grid_plot(series, ALL_CORRUPTIONS, "value", f"{title}: metric vs severity (dotted: clean)",
+                          percent=False, clean=clean),
+               f"{task}_vs_severity", f"{', '.join(metrics)} vs severity, per corruption")
 
 
 _CSS = """
@@ -325,6 +369,7 @@ def build_report(result_files: Sequence[str | os.PathLike[str]], out_dir: str | 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc.para(f"Generated {stamp} from {len(result_files)} result file(s): "
              + ", ".join(f"{s['model']}" for s in summaries) + ".")
+    _section_overview(doc, summaries)
     _section_imagenet_c(doc, summaries)
     _section_occlusion(doc, summaries)
     _section_backgrounds(doc, summaries)

@@ -146,6 +146,14 @@ class ResultStore:
             self.data["groups"][group]["cells"][key] = _jsonable(value)
             self._write()
 
+    def put_many(self, group: str, items: Mapping[str, Mapping[str, Any]]) -> None:
+        """Store several cells with one write."""
+        if group not in self.data["groups"]:
+            raise KeyError(f"group {group!r} not opened (call open_group first)")
+        with self._lock:
+            self.data["groups"][group]["cells"].update({k: _jsonable(v) for k, v in items.items()})
+            self._write()
+
     def set_meta(self, **meta: Any) -> None:
         self.data["meta"].update(_jsonable(meta))
         self._write()

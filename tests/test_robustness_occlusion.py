@@ -9,6 +9,7 @@ from robustness import occlusion
 from robustness.backgrounds import ForegroundImages, read_image_mask_folder
 from robustness.classifier import IMAGENET_MEAN
 from robustness.data import ImageListDataset, list_image_folder
+from robustness.testing import single_thread  # noqa: F401 - autouse fixture
 from robustness.testing import shared_data, tiny_vit_classifier
 
 

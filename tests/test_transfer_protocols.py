@@ -73,21 +73,25 @@ def common(data: Path, checkpoint: Path, out: Path) -> list[str]:
             "--output-dir", str(out), "--model-name", "tiny-ibot", "--pretrain-data", "none", *TINY]
 
 
+KNN_ARGS = ["ks=[1,5,20]"]
+LINEAR_ARGS = ["--epochs", "2", "--batch-size", "16", "--set", "lrs=[0.001,0.1,1.0]",
+               "features=[{'n_last_blocks':2,'avgpool':False},{'n_last_blocks':1,'avgpool':True}]"]
+FINETUNE_ARGS = ["--epochs", "2", "--batch-size", "16", "--layer-decay", "0.75", "--set", "sched.warmup_epochs=1"]
+TOOLS = {"knn": ("transfer_knn.py", KNN_ARGS), "linear": ("transfer_linear.py", LINEAR_ARGS),
+         "finetune": ("transfer_finetune.py", FINETUNE_ARGS)}
+
+
 @pytest.fixture(scope="module")
 def runs(data: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One run of each tool (module scope: the tests below inspect them)."""
+    """One uninterrupted run of each tool (module scope: the tests below inspect them)."""
     base = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
     try:
-        run_tool("transfer_knn.py", common(data, checkpoint, base / "knn") + ["ks=[1,5,20]"], mp)
-        run_tool("transfer_linear.py", common(data, checkpoint, base / "linear") + [
-            "--epochs", "2", "--batch-size", "16", "--set", "lrs=[0.001,0.1,1.0]",
-            "features=[{'n_last_blocks':2,'avgpool':False},{'n_last_blocks':1,'avgpool':True}]"], mp)
-        run_tool("transfer_finetune.py", common(data, checkpoint, base / "finetune") + [
-            "--epochs", "2", "--batch-size", "16", "--set", "sched.warmup_epochs=1"], mp)
+        for protocol, (tool, args) in TOOLS.items():
+            run_tool(tool, common(data, checkpoint, base / protocol) + args, mp)
     finally:
         mp.undo()
-    return {p: base / p for p in ("knn", "linear", "finetune")}
+    return {p: base / p for p in TOOLS}
 
 
 def test_result_files_describe_the_run(runs: dict[str, Path], checkpoint: Path, data: Path) -> None:
@@ -117,7 +121,7 @@ def test_knn_run_matches_its_cached_features_and_reuses_them(runs: dict[str, Pat
     scores = knn_scores(train["features"][0], train["labels"], test["features"][0], [1, 5, 20], 0.07, 10)
     for k in (1, 5, 20):
         assert r["metrics"][f"top1@k={k}"] == pytest.approx(knn_accuracy(scores[k], test["labels"])["top1"])
-    run_tool("transfer_knn.py", common(data, checkpoint, runs["knn"]) + ["ks=[1,5,20]"], monkeypatch)
+    run_tool("transfer_knn.py", common(data, checkpoint, runs["knn"]) + KNN_ARGS, monkeypatch)
     again = read(runs["knn"])
     assert again["metrics"]["features_from_cache"] == {"train": True, "test": True}
     assert {k: v for k, v in again["metrics"].items() if k.startswith("top")} == \
@@ -146,6 +150,10 @@ def test_finetune_run(runs: dict[str, Path]) -> None:
     assert r["history"][0]["lr"] == pytest.approx(1e-6)  # warm-up start
     ckpt = load_file(runs["finetune"] / "checkpoint.pth")
     assert ckpt["model"]["head.weight"].shape == (10, 32) and len(ckpt["rng"]) == 1
+    # --layer-decay 0.75 over a depth-2 backbone: embeddings 0.75^3, blocks 0.75^2 and 0.75, norm + head 1
+    scales = sorted({g["lr_scale"] for g in ckpt["optimizer"]["param_groups"]})
+    assert scales == pytest.approx([0.75 ** 3, 0.75 ** 2, 0.75, 1.0])
+    assert r["config"]["optim"]["layer_decay"] == 0.75
 
 
 def test_linear_on_cached_features(data: Path, checkpoint: Path, tmp_path: Path,
@@ -167,24 +175,19 @@ def _interrupt_after_first_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(state_module, "save_state", save_then_crash)
 
 
-@pytest.mark.parametrize("tool, extra", [
-    ("transfer_finetune.py", ["--epochs", "2", "--batch-size", "16", "--layer-decay", "0.75",
-                              "--set", "sched.warmup_epochs=1"]),
-    ("transfer_linear.py", ["--epochs", "2", "--batch-size", "16", "--set", "lrs=[0.01,0.1]",
-                            "features=[{'n_last_blocks':2,'avgpool':True}]"]),
-])
-def test_resume_reproduces_the_uninterrupted_run(tool: str, extra: list[str], data: Path, checkpoint: Path,
+@pytest.mark.parametrize("protocol", ["finetune", "linear"])
+def test_resume_reproduces_the_uninterrupted_run(protocol: str, runs: dict[str, Path], data: Path, checkpoint: Path,
                                                  tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    run_tool(tool, common(data, checkpoint, straight) + extra, monkeypatch)
+    tool, args = TOOLS[protocol]
+    straight, resumed = runs[protocol], tmp_path / "resumed"
     with monkeypatch.context() as m:
         _interrupt_after_first_epoch(m)
         with pytest.raises(KeyboardInterrupt):
-            run_tool(tool, common(data, checkpoint, resumed) + extra, m)
+            run_tool(tool, common(data, checkpoint, resumed) + args, m)
     assert load_file(resumed / "checkpoint.pth")["epoch"] == 1 and not (resumed / "result.json").exists()
-    run_tool(tool, common(data, checkpoint, resumed) + extra, monkeypatch)
+    run_tool(tool, common(data, checkpoint, resumed) + args, monkeypatch)
     a, b = load_file(straight / "checkpoint.pth"), load_file(resumed / "checkpoint.pth")
-    key = "model" if "model" in a else "sweep"
+    key = "model" if protocol == "finetune" else "sweep"
     assert a[key].keys() == b[key].keys()
     for k in a[key]:
         assert torch.equal(a[key][k], b[key][k]), k
@@ -196,8 +199,8 @@ def test_resume_reproduces_the_uninterrupted_run(tool: str, extra: list[str], da
 def test_resume_refuses_a_changed_config(runs: dict[str, Path], data: Path, checkpoint: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ResumeMismatchError, match=r"optim.lr: checkpoint 7.5e-06 vs now 0.001"):
-        run_tool("transfer_finetune.py", common(data, checkpoint, runs["finetune"]) + [
-            "--epochs", "2", "--batch-size", "16", "--lr", "1e-3", "--set", "sched.warmup_epochs=1"], monkeypatch)
+        run_tool("transfer_finetune.py", common(data, checkpoint, runs["finetune"]) + FINETUNE_ARGS + ["--lr", "1e-3"],
+                 monkeypatch)
 
 
 def test_leaderboard_tool_on_the_runs(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -238,7 +241,7 @@ def _torchrun(tool: str, args: list[str]) -> subprocess.CompletedProcess:
 def test_torchrun_knn_equals_single_process(runs: dict[str, Path], data: Path, checkpoint: Path,
                                             tmp_path: Path) -> None:
     """Two gloo processes shard the 81 / 40 images unevenly; gathered features must give the same answer."""
-    _torchrun("transfer_knn.py", common(data, checkpoint, tmp_path) + ["ks=[1,5,20]"])
+    _torchrun("transfer_knn.py", common(data, checkpoint, tmp_path) + KNN_ARGS)
     ddp, single = read(tmp_path), read(runs["knn"])
     assert ddp["env"]["world_size"] == 2
     for k in ("top1@k=1", "top1@k=5", "top1@k=20", "top5@k=20"):

@@ -19,7 +19,12 @@ PYTHON=${PYTHON:-python}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+has_gpu() {  # an NVIDIA GPU is visible (checked without importing torch, which takes seconds)
+  case "${CUDA_VISIBLE_DEVICES-unset}" in "" | "-1") return 1 ;; esac
+  command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q "^GPU"
+}
+
+if ! has_gpu; then
   if [ "$GPUS" -le 1 ] && [ "$NNODES" -le 1 ]; then
     echo "[dist_test.sh] no CUDA device: running one process without a launcher" >&2
     exec "$PYTHON" "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher none "$@"

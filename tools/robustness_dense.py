@@ -21,8 +21,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,7 +36,7 @@ def _parse_cfg_options(items: Sequence[str] | None) -> dict:
     return dict(ns.opts or {})
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def main(argv: Sequence[str] | None = None, on_cell_done: Callable[[str, dict, Any], None] | None = None) -> dict:
     from robustness.metrics import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, EXTRA_CORRUPTIONS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,13 +83,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         args.config, args.checkpoint, args.out, corruptions=corruptions, severities=args.severities, seed=args.seed,
         task=args.task, model_name=args.name, work_dir=args.work_dir, cfg_options=_parse_cfg_options(args.cfg_options),
         launcher=args.launcher, trust_checkpoint=args.trust_checkpoint, corrupt_after=args.corrupt_after,
-        restart=args.restart, progress=not args.no_progress)
+        restart=args.restart, progress=not args.no_progress, on_cell_done=on_cell_done)
     if is_main_process():
         for metric, d in summary.items():
-            rpc = "n/a (P = 0)" if d["rPC"] is None else f"{d['rPC']:.1f} %"
+            mpc = "n/a" if d["mPC"] is None else f"{d['mPC']:.4g}"
+            rpc = "n/a" if d["rPC"] is None else f"{d['rPC']:.1f} %"
             full = "" if d["complete"] else f"  [partial: {d['n_cells']} of 75 benchmark cells]"
-            print(f"{metric}: P = {d['P']:.4g}  mPC = {d['mPC'] if d['mPC'] is None else format(d['mPC'], '.4g')}"
-                  f"  rPC = {rpc}{full}")
+            print(f"{metric}: P = {d['P']:.4g}  mPC = {mpc}  rPC = {rpc}{full}")
         print(json.dumps({m: {k: d[k] for k in ('P', 'mPC', 'rPC', 'complete')} for m, d in summary.items()}))
     return summary
 

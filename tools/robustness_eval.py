@@ -46,7 +46,7 @@ logger = logging.getLogger("robustness_eval")
 #: Which cells to run (corruptions, modes, ...) is not part of it either: cells are stored one by one, so a later run
 #: may add corruptions or modes to the same file.
 _RUN_ONLY = {"out", "name", "batch_size", "workers", "device", "restart", "no_progress", "command", "cache_dir",
-             "trust_checkpoint", "log_level", "corruptions", "severities", "modes", "levels", "variants",
+             "trust_checkpoint", "log_level", "threads", "corruptions", "severities", "modes", "levels", "variants",
              "imagenet_a", "imagenet_r", "imagenet_sketch"}
 
 
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, help="use the first N images")
     g.add_argument("--restart", action="store_true", help="discard this benchmark's stored cells and recompute")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of the main process (CPU runs: 1 avoids competing with workers)")
     g.add_argument("--log-level", default="INFO")
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, on_cell_done: Callable[[str, dict], None] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.resize = args.resize or None
     args.crop = args.crop or None
     if args.command == "backgrounds" and args.released:
