@@ -86,8 +86,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         img = _image(args.image, w, h)
         print(f"\n{w}x{h}, severity {args.severity}, median of {args.repeats} (1 process"
               + (f"; and {args.workers} processes" if args.workers else "") + ")")
-        header = f"{'corruption':<20}{'ms/img':>10}{'img/s':>10}" + (f"{'img/s ×' + str(args.workers):>14}"
-                                                                    if args.workers else "")
+        header = f"{'corruption':<20}{'ms/img':>10}{'img/s':>10}"
+        if args.workers:
+            header += f"{'img/s ×' + str(args.workers):>14}"
         print(header, flush=True)
         total = 0.0
         for name in names:
@@ -102,7 +103,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
                 line += f"{rate:>14.2f}"
             rows.append(row)
             print(line, flush=True)
-        print(f"{'all ' + str(len(names)):<20}{1e3 * total:>10.1f}{1.0 / total:>10.3f}   (one image through every corruption)")
+        print(f"{'all ' + str(len(names)):<20}{1e3 * total:>10.1f}{1.0 / total:>10.3f}"
+              "   (one image through every corruption)")
     return rows
 
 

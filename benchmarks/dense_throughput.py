@@ -40,8 +40,8 @@ import torch  # noqa: E402
 MODELS = {
     "upernet-ibot-b16": ("seg", ROOT / "seg/configs/upernet_vit-b16-ibot_deconv-ln_ld0.65_8xb2-160k_ade20k-512x512.py"),
     "upernet-mmseg-b16": ("seg", "mmseg::vit/vit_vit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py"),
-    "cascade-ibot-b16": ("det", ROOT / "det/configs/cascade-mask-rcnn_vit-b16-ibot_deconv-fpn_4conv1fc-giou_ld0.75_8xb2-"
-                                       "ms-crop-1x_coco.py"),
+    "cascade-ibot-b16": ("det", ROOT / "det/configs/cascade-mask-rcnn_vit-b16-ibot_deconv-fpn_4conv1fc-giou_"
+                                       "ld0.75_8xb2-ms-crop-1x_coco.py"),
 }
 BASELINE = {"upernet-ibot-b16": "upernet-mmseg-b16"}
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}

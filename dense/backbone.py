@@ -200,6 +200,10 @@ class iBOTViTBackbone(BaseModule):
         self.out_indices = tuple(default_out_indices(self.depth) if out_indices is None else out_indices)
         if not self.out_indices or not all(0 <= i < self.depth for i in self.out_indices):
             raise ValueError(f"out_indices {self.out_indices} must be block indices in [0, {self.depth})")
+        if max(self.out_indices) < self.depth - 1:
+            print_log(f"blocks {max(self.out_indices) + 1}..{self.depth - 1} are never run (out_indices "
+                      f"{self.out_indices}); distributed training then needs find_unused_parameters=True",
+                      logger="current", level=logging.WARNING)
         self.window_size = int(window_size)
         self.window_block_indices = frozenset(window_block_indices)
         if self.window_block_indices and self.window_size <= 0:

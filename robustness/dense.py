@@ -52,7 +52,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Metrics summarised by default, matched as suffixes of the evaluator's keys (``coco/bbox_mAP`` ...).
-DEFAULT_METRICS = {"det_c": ("bbox_mAP", "segm_mAP"), "seg_c": ("mIoU",)}
+#: ``mAP`` matches mmdet's VOCMetric (``pascal_voc/mAP``).
+DEFAULT_METRICS = {"det_c": ("bbox_mAP", "segm_mAP", "mAP"), "seg_c": ("mIoU",)}
 _LOADERS = ("LoadImageFromFile", "LoadImageFromNDArray", "LoadMultiChannelImageFromFiles")
 
 
@@ -173,7 +174,7 @@ def run_dense(
     after each cell is stored.
     """
     from mmengine.config import Config
-    from mmengine.dist import is_main_process
+    from mmengine.dist import broadcast_object_list, is_main_process
     from mmengine.runner import Runner
 
     from ibot.compat import imagecorruptions as ic_compat
@@ -218,6 +219,9 @@ def run_dense(
 
     cells = [("clean", None, 0)] + [(f"{c}/{s}", c, s) for c in corruptions for s in severities]
     pending = [c for c in cells if not store.has(task, c[0])]
+    shared = [pending]
+    broadcast_object_list(shared, src=0)  # every rank runs the same cells (rank 0's view of the file)
+    pending = shared[0]
     if len(pending) < len(cells):
         logger.info("%s: %d of %d cells already in %s, skipped", task, len(cells) - len(pending), len(cells), out)
     bar = None
@@ -252,8 +256,8 @@ def run_dense(
 def summarize(cells: Mapping[str, Mapping[str, Any]], task: str, metrics: Sequence[str] | None = None) -> dict:
     """``{metric: {P, mPC, rPC, per_corruption, per_severity, ...}}`` for each summarised metric.
 
-    ``metrics``: suffixes of the evaluator keys (default: ``bbox_mAP`` + ``segm_mAP`` for detection, ``mIoU`` for
-    segmentation); only metrics present in the clean cell are summarised.
+    ``metrics``: evaluator keys or their last ``/`` component (default: ``bbox_mAP``, ``segm_mAP`` and VOC's ``mAP``
+    for detection, ``mIoU`` for segmentation); only metrics present in the clean cell are summarised.
     """
     if "clean" not in cells:
         raise ValueError("no clean cell: P (and rPC) need severity 0")
@@ -261,7 +265,7 @@ def summarize(cells: Mapping[str, Mapping[str, Any]], task: str, metrics: Sequen
     clean = cells["clean"]
     out = {}
     for name in sorted(clean):
-        if not any(name == s or name.endswith("/" + s) or name.endswith(s) for s in suffixes):
+        if not any(name == s or name.endswith("/" + s) for s in suffixes):
             continue
         corrupted: dict[str, dict[int, float]] = {}
         for key, rec in cells.items():

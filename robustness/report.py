@@ -176,7 +176,8 @@ def _headline_columns(s: dict) -> dict[str, str]:
     cols: dict[str, str] = {}
     if "imagenet_c" in s:
         c = s["imagenet_c"]
-        cols.update({"Clean err": _pct(c["clean_err"]), "mCE ↓": _num(c["mce"]), "rel. mCE ↓": _num(c["relative_mce"])})
+        cols.update({"Clean err": _pct(c["clean_err"]), "mCE ↓": _num(c["mce"]),
+                     "rel. mCE ↓": _num(c["relative_mce"])})
     for mode, title in (("random", "Occl. random"), ("salient", "Occl. salient"), ("non_salient", "Occl. non-sal.")):
         curve = s.get("occlusion", {}).get("curves", {}).get(mode)
         if curve and 0.5 in curve["level"]:
@@ -190,8 +191,8 @@ def _headline_columns(s: dict) -> dict[str, str]:
         cols[_OOD_TITLES[k]] = _pct(v)
     for task in ("det_c", "seg_c"):
         for metric, d in s.get(task, {}).items():
-            cols[f"{metric.split('/')[-1]} P / mPC / rPC"] = (f"{_num(d['P'], 3)} / {_num(d['mPC'], 3)} / "
-                                                               f"{_num(d['rPC'])}")
+            name = metric.split("/")[-1]
+            cols[f"{name} P / mPC / rPC"] = f"{_num(d['P'], 3)} / {_num(d['mPC'], 3)} / {_num(d['rPC'])}"
     return cols
 
 
@@ -219,7 +220,8 @@ def _section_imagenet_c(doc: _Doc, summaries: Sequence[dict]) -> None:
                      _pct(c["mean_err_15"]), _pct(c["mean_err_19"]), c["baseline"]])
     doc.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", "CE normalised by"], rows)
     doc.para("Errors are top-1 in %. mCE = mean over the 15 benchmark corruptions of CE_c = 100 · mean_s err / "
-             "AlexNet err_c (lower is better; '–' when not all 15 × 5 cells were evaluated). 'mean err' columns are the "
+             "AlexNet err_c (lower is better; '–' when not all 15 × 5 cells were evaluated). 'mean err' columns are "
+             "the "
              "un-normalised means over 15 / all 19 corruptions that hendrycks' and iBOT's scripts print. Corruptions "
              "computed on the fly differ from the released ImageNet-C JPEGs; normalise by an AlexNet evaluated the "
              "same way (--baseline) for a like-for-like CE.")
@@ -256,7 +258,8 @@ def _section_occlusion(doc: _Doc, summaries: Sequence[dict]) -> None:
     doc.table(["Model", "mode"] + [f"IL {lv:.1f}" for lv in levels], rows)
     cfg = models[0]["occlusion"].get("config", {})
     doc.para(f"Top-1 accuracy (%) after dropping a fraction of a {cfg.get('grid', '?')} patch grid (information loss, "
-             f"IL). Dropped pixels: {cfg.get('fill', '?')}. salient / non_salient rank patches by the model's last-block "
+             f"IL). Dropped pixels: {cfg.get('fill', '?')}. salient / non_salient rank patches by the model's "
+             "last-block "
              "[CLS] attention on the clean image (*_mask: by the foreground mask).")
     plt = _plt()
     modes = sorted({m for s in models for m in s["occlusion"]["curves"]})

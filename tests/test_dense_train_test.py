@@ -202,7 +202,8 @@ def test_seg_camvid_custom_dataset_train_val(pretrain_checkpoint, tmp_path) -> N
 
 def test_multi_process_launch_without_gpu_fails_clearly(tmp_path) -> None:
     env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="")
-    for script, args in (("tools/dist_train.sh", [DET_CONFIG, "2"]), ("tools/dist_test.sh", [SEG_CONFIG, "x.pth", "2"])):
+    runs = (("tools/dist_train.sh", [DET_CONFIG, "2"]), ("tools/dist_test.sh", [SEG_CONFIG, "x.pth", "2"]))
+    for script, args in runs:
         proc = subprocess.run(["bash", script, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 1 and "no CUDA device is visible" in proc.stderr, proc.stderr
     proc = subprocess.run(["bash", "tools/dist_train.sh", DET_CONFIG], cwd=ROOT, capture_output=True, text=True)

@@ -82,3 +82,46 @@ def test_vit_s_config_builds_the_recipe_model() -> None:
         feats = model.extract_feat(torch.zeros(1, 3, 128, 160))
     assert [tuple(f.shape) for f in feats] == [(1, 256, 32, 40), (1, 256, 16, 20), (1, 256, 8, 10), (1, 256, 4, 5),
                                                (1, 256, 2, 3)]
+
+
+def test_simple_pyramid_window_variant_trains() -> None:
+    """The ViTDet-style alternative (simple feature pyramid neck, windowed attention) through a loss + backward."""
+    import numpy as np
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmdet.utils import register_all_modules
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.structures import InstanceData
+
+    register_all_modules()
+    cfg = Config.fromfile(ROOT / "det/configs/cascade-mask-rcnn_vit-b16-ibot_simple-fpn-win14_4conv1fc-giou_ld0.75_"
+                                 "8xb2-ms-crop-1x_coco.py")
+    w = 16
+    opts = {"model.backbone.init_cfg": None, "model.backbone.arch": None, "model.backbone.embed_dim": 32,
+            "model.backbone.depth": 12, "model.backbone.num_heads": 2, "model.backbone.window_size": 3,
+            "model.neck.in_channels": 32, "model.neck.out_channels": w, "model.rpn_head.in_channels": w,
+            "model.rpn_head.feat_channels": w, "model.roi_head.bbox_roi_extractor.out_channels": w,
+            "model.roi_head.mask_roi_extractor.out_channels": w, "model.roi_head.mask_head.in_channels": w,
+            "model.roi_head.mask_head.conv_out_channels": w, "model.train_cfg.rpn_proposal.max_per_img": 32}
+    for i in range(3):
+        opts.update({f"model.roi_head.bbox_head.{i}.{k}": v for k, v in
+                     (("in_channels", w), ("conv_out_channels", w), ("fc_out_channels", 2 * w))})
+    cfg.merge_from_dict(opts, allow_list_keys=True)
+    torch.manual_seed(0)
+    model = revert_sync_batchnorm(MODELS.build(cfg.model)).train()
+    assert model.backbone.window_block_indices == frozenset({0, 1, 3, 4, 6, 7, 9, 10})
+    boxes = np.array([[8, 10, 60, 70], [40, 30, 120, 100]], dtype=np.float32)
+    masks = np.zeros((2, 112, 128), dtype=np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.astype(int)):
+        masks[i, y1:y2, x1:x2] = 1
+    sample = DetDataSample(metainfo=dict(img_shape=(112, 128), ori_shape=(112, 128), scale_factor=(1.0, 1.0)))
+    sample.gt_instances = InstanceData(bboxes=torch.from_numpy(boxes), labels=torch.tensor([3, 7]),
+                                       masks=BitmapMasks(masks, 112, 128))
+    data = model.data_preprocessor(dict(inputs=[torch.randint(0, 255, (3, 112, 128), dtype=torch.uint8)],
+                                        data_samples=[sample]), training=True)
+    feats = model.extract_feat(data["inputs"])  # padded to 128x128; 8x8 patches in 3x3 windows (padded to 9x9)
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4, 2] and all(f.shape[1] == w for f in feats)
+    loss, _ = model.parse_losses(model(data["inputs"], data["data_samples"], mode="loss"))
+    loss.backward()
+    assert torch.isfinite(loss) and model.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0

@@ -40,8 +40,8 @@ def test_mce_hand_computed() -> None:
     assert out["ce"]["gaussian_noise"] == pytest.approx(33.843696, abs=1e-5)
     assert out["ce"]["brightness"] == pytest.approx(53.135716, abs=1e-5)
     assert out["ce"]["contrast"] == pytest.approx(58.602627, abs=1e-5)  # 50 / 0.853204
-    by_hand = (33.843696 + 53.135716 + sum(50.0 / e for c, e in ALEXNET_ERR.items()
-                                         if c not in ("gaussian_noise", "brightness"))) / 15
+    others = sum(50.0 / e for c, e in ALEXNET_ERR.items() if c not in ("gaussian_noise", "brightness"))
+    by_hand = (33.843696 + 53.135716 + others) / 15
     assert out["mce"] == pytest.approx(by_hand, abs=1e-5)
     # relative CE: gaussian (0.3 - 0.2) / (0.886428 - 0.43478) = 22.141...
     assert out["relative_ce"]["gaussian_noise"] == pytest.approx(100 * 0.1 / (0.886428 - ALEXNET_CLEAN_ERR))
@@ -63,9 +63,11 @@ def test_mce_needs_all_cells_and_custom_baseline() -> None:
     out = imagenet_c_summary(errors, clean_err=0.1)
     assert out["mce"] is None and out["relative_mce"] is None and not out["complete"]
     assert out["ce"]["fog"] == pytest.approx(100 * 0.5 / 0.819324)  # CE still reported per corruption
-    base = {c: 0.25 for c in BENCHMARK_CORRUPTIONS}
-    out = imagenet_c_summary(_all_errors(0.5), 0.1, baseline=base, baseline_clean_err=0.05)
-    assert out["mce"] == pytest.approx(200.0)
+    base = {c: 0.25 for c in BENCHMARK_CORRUPTIONS} | {"speckle_noise": 0.1}
+    errors = _all_errors(0.5) | {"speckle_noise": {s: 0.9 for s in range(1, 6)}}
+    out = imagenet_c_summary(errors, 0.1, baseline=base, baseline_clean_err=0.05)
+    assert out["mce"] == pytest.approx(200.0)  # the extra corruption's CE (900) stays out of mCE
+    assert out["extra"]["ce"]["speckle_noise"] == pytest.approx(900.0)
     assert out["relative_mce"] == pytest.approx(100 * 0.4 / 0.2)
 
 

@@ -24,8 +24,8 @@ def _cifar_batch(n: int = 6) -> dict:
 def test_num_dropped_matches_naseer_levels() -> None:
     # Naseer et al. evaluate.py: i * 196 // 10 patches for i = 0..9
     assert [occlusion.num_dropped(lv, 196) for lv in occlusion.IL_LEVELS] == [i * 196 // 10 for i in range(10)]
-    assert [occlusion.num_dropped(lv, 196) for lv in occlusion.IL_LEVELS] == [0, 19, 39, 58, 78, 98, 117, 137, 156,
-                                                                                 176]
+    expected = [0, 19, 39, 58, 78, 98, 117, 137, 156, 176]
+    assert [occlusion.num_dropped(lv, 196) for lv in occlusion.IL_LEVELS] == expected
     assert occlusion.num_dropped(0.3, 10) == 3  # 0.3 * 10 = 2.9999999999999996 in floating point
     with pytest.raises(ValueError):
         occlusion.num_dropped(1.5, 10)

@@ -51,8 +51,8 @@ def _fake_results(path: Path, name: str, base_err: float, dense: bool = True) ->
             f"{c}/{s}": {"coco/bbox_mAP": 0.5 - 0.05 * s, "coco/segm_mAP": 0.44 - 0.04 * s}
             for c in BENCHMARK_CORRUPTIONS for s in range(1, 6)}})
         store.open_group("seg_c", {})
-        store.put_many("seg_c", {"clean": {"mIoU": 50.0}, **{f"{c}/{s}": {"mIoU": 50.0 - 5 * s}
-                                                            for c in BENCHMARK_CORRUPTIONS for s in range(1, 6)}})
+        seg = {f"{c}/{s}": {"mIoU": 50.0 - 5 * s} for c in BENCHMARK_CORRUPTIONS for s in range(1, 6)}
+        store.put_many("seg_c", {"clean": {"mIoU": 50.0}, **seg})
     return path
 
 

@@ -27,17 +27,18 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
 from robustness import backgrounds, imagenet_c, occlusion, ood  # noqa: E402
-from robustness.classifier import IMAGENET_MEAN, IMAGENET_STD, ImageClassifier, build_ibot_linear_classifier  # noqa: E402
+from robustness.classifier import (IMAGENET_MEAN, IMAGENET_STD, ImageClassifier,  # noqa: E402
+                                   build_ibot_linear_classifier)
 from robustness.data import ImageListDataset, list_image_folder  # noqa: E402
 from robustness.engine import Cell, run_cells  # noqa: E402
-from robustness.metrics import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS, EXTRA_CORRUPTIONS  # noqa: E402
+from robustness.metrics import (ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, CORRUPTION_GROUPS,  # noqa: E402
+                                EXTRA_CORRUPTIONS)
 from robustness.store import ResultStore  # noqa: E402
 
 logger = logging.getLogger("robustness_eval")
@@ -95,7 +96,8 @@ def build_classifier(args: argparse.Namespace) -> ImageClassifier:
             kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
             model = torchvision.models.get_model(args.torchvision, weights=None, **kw)
         if args.weights:
-            sd = extract_backbone_state_dict(load_file(args.weights, trusted=args.trust_checkpoint), args.checkpoint_key)
+            ckpt = load_file(args.weights, trusted=args.trust_checkpoint)
+            sd = extract_backbone_state_dict(ckpt, args.checkpoint_key)
             load_state_dict_report(model, sd, strict=True)
         else:
             logger.warning("no --weights: evaluating a randomly initialised model")
