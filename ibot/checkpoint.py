@@ -25,13 +25,14 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ibot.atomic import atomic_write
 
 __all__ = [
     "CheckpointError",
@@ -209,17 +210,6 @@ def _load_safetensors(path: str, map_location: Any) -> dict[str, Tensor]:
     return dict(tensors)
 
 
-def _current_umask() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0o022
-
-
 def _flat_tensor_dict(obj: Any, path: str) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         kinds = sorted({type(v).__name__ for v in obj.values()}) if isinstance(obj, Mapping) else [type(obj).__name__]
@@ -257,32 +247,7 @@ def save_file(obj: Any, path: PathLike) -> None:
         from safetensors.torch import save as st_save
 
         payload = st_save(_flat_tensor_dict(obj, path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            if payload is not None:
-                fh.write(payload)
-            else:
-                torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o666 & ~_current_umask()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename durable; best effort (not supported everywhere)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
+    atomic_write(path, (lambda fh: fh.write(payload)) if payload is not None else (lambda fh: torch.save(obj, fh)))
 
 
 # ---------------------------------------------------------------------------------------------- backbone extraction

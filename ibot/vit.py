@@ -15,7 +15,6 @@ all three load without renaming. What this class adds to timm:
 """
 from __future__ import annotations
 
-import math
 from functools import partial
 from typing import Literal, Sequence
 

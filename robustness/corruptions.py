@@ -20,13 +20,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ibot.atomic import atomic_write
 from ibot.compat.imagecorruptions import corrupt
 
 from .data import ImageList, list_image_folder, load_rgb, resize_center_crop, to_tensor
@@ -102,11 +102,7 @@ class CorruptedImages(Dataset):
             out = _jpeg_roundtrip(out, self.jpeg_quality)
         if self.cache_dir is not None:
             path = self._cache_path(s.key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-            os.close(fd)
-            Image.fromarray(out).save(tmp, format="PNG")
-            os.replace(tmp, path)
+            atomic_write(path, lambda fh: Image.fromarray(out).save(fh, format="PNG"))
         return out
 
     def __getitem__(self, i: int) -> dict:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
+
+from ibot.atomic import atomic_write_text
 
 __all__ = ["FORMAT", "ConfigMismatchError", "ResultStore", "atomic_write_json", "load_results"]
 
@@ -48,23 +49,7 @@ def _jsonable(obj: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` atomically (never leaves a half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n")
 
 
 def load_results(path: str | os.PathLike[str]) -> dict:

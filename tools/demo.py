@@ -26,6 +26,7 @@ sys.path.insert(0, ROOT)
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
+from ibot.atomic import atomic_write_text  # noqa: E402
 from ibot.scenes import ensure_scenes  # noqa: E402
 from pretrain.engine import train  # noqa: E402
 
@@ -96,9 +97,7 @@ def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root
         "Pretraining log: `pretrain/log.jsonl`; teacher backbone: `pretrain/teacher_backbone.pth`; "
         "k-NN results: `knn_*/result.json`.",
     ]
-    md = os.path.join(work_dir, "report.md")
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(work_dir, "report.md"), "\n".join(lines) + "\n")
     png = base64.b64encode(loss_curve_png(os.path.join(work_dir, "pretrain", "log.jsonl"))).decode()
     table = "".join(f"<tr><td>{html.escape(n)}</td><td>{a:.1f}</td></tr>" for n, a, _ in rows)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>iBOT suite demo</title>
@@ -110,9 +109,7 @@ def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root
 <h2>Pretraining loss</h2><img alt="iBOT loss curve" src="data:image/png;base64,{png}">
 </body></html>"""
     out = os.path.join(work_dir, "report.html")
-    with open(out + ".tmp", "w") as f:
-        f.write(page)
-    os.replace(out + ".tmp", out)
+    atomic_write_text(out, page)
     return out
 
 
@@ -128,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     sizes = dict(n_train_per_class=12, n_val_per_class=6) if args.quick else dict(
-        n_train_per_class=100 if not cuda else 1000, n_val_per_class=50)
+        n_train_per_class=250 if not cuda else 1000, n_val_per_class=50)
     say("1/4 default data: generating (or reusing) the scene data set ...")
     scenes = ensure_scenes(**sizes)
     data_root = os.path.join(scenes, "classification")

@@ -19,10 +19,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from ibot.atomic import atomic_write_text
 
 __all__ = ["SCHEMA", "REQUIRED", "ResultFormatError", "write_json", "write_text", "load_result", "find_result_files"]
 
@@ -38,19 +39,7 @@ class ResultFormatError(ValueError):
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, text)
 
 
 def _finite(obj: Any) -> Any:
