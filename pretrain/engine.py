@@ -28,6 +28,7 @@ from ibot.train_step import StudentPass, iBOTTrainStep
 from pretrain.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, scan_images
 from pretrain.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, shutdown
+from pretrain.knn_monitor import KNNMonitor
 from pretrain.monitor import Monitor, train_flops_per_image
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,10 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
         start = _restore(ckpt_path, student, teacher, loss, optimizer, scaler, env)
         if env.is_main:
             print(f"resumed from {ckpt_path} at iteration {start}/{total}", flush=True)
+    knn_cfg = dict(cfg.monitor.knn)
+    knn_every = knn_cfg.pop("interval_epochs")
+    knn_on = knn_cfg["root"] is not None
+    knn = KNNMonitor(**knn_cfg) if knn_on and env.is_main else None
     images_per_iter = batch * (a.global_crops_number + a.local_crops_number)
     monitor = Monitor(work_dir, total, start, train_flops_per_image(cfg) / (a.global_crops_number + a.local_crops_number),
                       env.device, env.world, cfg.log.tensorboard, enabled=env.is_main)
@@ -157,6 +162,12 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
                     n_acc = 0
                 if ckpt_due:
                     _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sampler, env)
+            if knn_on and ((epoch + 1) % knn_every == 0 or epoch + 1 == epochs):
+                if knn is not None:
+                    top1 = knn(teacher.backbone, env.device)
+                    monitor.log_scalars(it, {"knn_top1": top1})
+                    record = {**record, "knn_top1": top1}
+                barrier(env)
     finally:
         monitor.close()
     if env.is_main:

@@ -107,6 +107,17 @@ class Monitor:
                       f"lr {rec.get('lr', 0):.2e} {ips:.1f} img/s eta {rec['eta_s'] / 60:.1f} min", flush=True)
         return rec
 
+    def log_scalars(self, it: int, scalars: dict[str, float]) -> None:
+        """Record extra scalars (e.g. the k-NN monitor) at iteration ``it``."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"iteration": it, **scalars}) + "\n")
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"monitor/{k}", v, it)
+        msg = " ".join(f"{k} {v:.2f}" for k, v in scalars.items())
+        (self.bar.write if not self.bar.disable else print)(f"[it {it}/{self.total}] {msg}")
+
     def close(self) -> None:
         if self.enabled:
             self.bar.close()

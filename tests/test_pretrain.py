@@ -193,3 +193,27 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path: Path, image_root: 
     for _, path in list_checkpoints(str(tmp_path / "nan")):
         state = load_checkpoint(path)
         assert all(torch.isfinite(v).all() for v in state["student"].values() if v.is_floating_point())
+
+
+def test_knn_monitor_logs_teacher_accuracy(tmp_path: Path, image_root: Path) -> None:
+    labelled = tmp_path / "labelled"
+    for split, sl in (("train", slice(0, 6)), ("val", slice(6, 8))):
+        for cls in sorted(os.listdir(image_root)):
+            (labelled / split / cls).mkdir(parents=True)
+            for f in sorted(os.listdir(image_root / cls))[sl]:
+                shutil.copy(image_root / cls / f, labelled / split / cls / f)
+    knn = [f"monitor.knn.root={labelled}", "monitor.knn.img_size=32", "monitor.knn.k=5",
+           "monitor.knn.batch_size=16", "monitor.knn.num_workers=0", "monitor.knn.interval_epochs=1"]
+    _finish(_run(tmp_path / "w", image_root, "train.epochs=1", *knn, resume=False))
+    rows = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    knn_rows = [r for r in rows if "knn_top1" in r]
+    assert len(knn_rows) == 1 and knn_rows[0]["iteration"] == 4
+    assert 0.0 <= knn_rows[0]["knn_top1"] <= 100.0
+    # The monitor computes k-NN exactly as the transfer harness: recompute from the exported teacher.
+    from pretrain.knn_monitor import KNNMonitor
+    from ibot.vit import build_vit
+
+    vit = build_vit("vit_tiny", patch_size=8, img_size=32, embed_dim=64, depth=2, num_heads=2)
+    vit.load_state_dict(load_file(tmp_path / "w" / "teacher_backbone.pth")["state_dict"])
+    mon = KNNMonitor(str(labelled), 32, k=5, batch_size=16, num_workers=0)
+    assert abs(mon(vit, torch.device("cpu")) - knn_rows[0]["knn_top1"]) < 1e-6

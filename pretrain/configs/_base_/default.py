@@ -38,3 +38,7 @@ train = dict(
 )
 checkpoint = dict(interval_iters=0, keep_last=2, saveckp_freq=40)  # interval 0: at epoch ends only
 log = dict(interval=10, tensorboard=True)
+# Optional k-NN monitor of the teacher on a labelled folder root/<train_split|val_split>/<class>/*,
+# e.g. --cfg-options monitor.knn.root=/data/imagenet-100 monitor.knn.interval_epochs=10 (root None: off).
+monitor = dict(knn=dict(root=None, img_size=224, train_split="train", val_split="val", k=20,
+                        temperature=0.07, batch_size=128, num_workers=4, interval_epochs=10))
