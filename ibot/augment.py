@@ -139,6 +139,11 @@ class MultiCropAugmentation:
     def num_crops(self) -> int:
         return self.global_crops_number + self.local_crops_number
 
+    @property
+    def crop_sizes(self) -> list[int]:
+        """Side of every crop, in output order (globals first)."""
+        return [self.global_crop_size] * self.global_crops_number + [self.local_crop_size] * self.local_crops_number
+
     def __call__(self, img: Image.Image) -> list[torch.Tensor]:
         crops = [self.global_transform1(img)]
         crops += [self.global_transform2(img) for _ in range(self.global_crops_number - 1)]

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ibot.augment import MultiCropAugmentation
 from ibot.masking import MaskGenerator
+from pretrain.gpu_augment import collate_for_gpu, decode_for_gpu
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class PretrainDataset(Dataset):
         seed: int = 0,
         on_bad_file: str = "skip",
         max_bad_retries: int = 16,
+        gpu_augment_side: int | None = None,
     ) -> None:
         if on_bad_file not in ("skip", "fail"):
             raise ValueError(f"on_bad_file must be 'skip' or 'fail', got {on_bad_file!r}")
@@ -103,6 +105,8 @@ class PretrainDataset(Dataset):
         self.augmentation, self.masks = augmentation, masks
         self.patch_size, self.n_global, self.seed = patch_size, n_global, seed
         self.on_bad_file, self.max_bad_retries = on_bad_file, max_bad_retries
+        # Batched device augmentation: workers only decode to a fixed-size canvas (and make masks).
+        self.gpu_augment_side = gpu_augment_side
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -112,7 +116,8 @@ class PretrainDataset(Dataset):
             img = Image.open(f)
             return img.convert("RGB")
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[list[Tensor], list[Tensor], int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[list[Tensor] | tuple[Tensor, tuple[int, int]],
+                                                           list[Tensor], int]:
         epoch, index = key
         n_bad = 0
         for attempt in range(self.max_bad_retries + 1):
@@ -130,14 +135,24 @@ class PretrainDataset(Dataset):
             raise RuntimeError(f"{self.max_bad_retries + 1} consecutive unreadable images from "
                                f"{self.paths[index]!r}: is the data folder corrupt?")
         with seeded_rngs(sample_seed(self.seed, epoch, index)):
-            crops = self.augmentation(img)
+            if self.gpu_augment_side is None:
+                crops = self.augmentation(img)
+            else:  # only the crop shapes matter for the masks: zero-size views, no pixels
+                crops = [torch.empty(()).expand(3, s, s) for s in self.augmentation.crop_sizes]
             masks = self.masks.masks_for_crops(crops, self.patch_size, epoch)
-        return crops, [torch.from_numpy(m) for m in masks[: self.n_global]], n_bad
+        masks = [torch.from_numpy(m) for m in masks[: self.n_global]]
+        if self.gpu_augment_side is not None:
+            return decode_for_gpu(img, self.gpu_augment_side), masks, n_bad
+        return crops, masks, n_bad
 
 
-def collate(batch: list[tuple[list[Tensor], list[Tensor], int]]) -> tuple[list[Tensor], list[Tensor], Tensor]:
-    """-> (crops: per crop (B, 3, S, S), masks: per global crop (B, h, w) bool, n_bad: scalar)."""
-    crops = [torch.stack(c) for c in zip(*(b[0] for b in batch))]
+def collate(batch: list[tuple]) -> tuple[list[Tensor] | tuple[Tensor, Tensor], list[Tensor], Tensor]:
+    """-> (crops: per crop (B, 3, S, S) — or, for device augmentation, (uint8 canvases (B, 3, P, P),
+    valid sizes (B, 2)) —, masks: per global crop (B, h, w) bool, n_bad: scalar)."""
+    if isinstance(batch[0][0], tuple):
+        crops = collate_for_gpu([b[0] for b in batch])
+    else:
+        crops = [torch.stack(c) for c in zip(*(b[0] for b in batch))]
     masks = [torch.stack(m) for m in zip(*(b[1] for b in batch))]
     return crops, masks, torch.tensor(sum(b[2] for b in batch))
 

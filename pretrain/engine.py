@@ -26,7 +26,8 @@ from ibot.optim import param_groups
 from ibot.schedules import cosine_scheduler
 from ibot.train_step import StudentPass, iBOTTrainStep
 from pretrain.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
-from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, scan_images
+from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, sample_seed, scan_images
+from pretrain.gpu_augment import BatchedMultiCrop
 from pretrain.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, shutdown
 from pretrain.knn_monitor import KNNMonitor
 from pretrain.monitor import Monitor, train_flops_per_image
@@ -57,8 +58,9 @@ def build_loader(cfg: Config, env: DistEnv) -> tuple[DataLoader, ResumableBatchS
         global_crop_size=a.global_crop_size, local_crop_size=a.local_crop_size)
     masks = MaskGenerator(cfg.masking.pred_ratio, cfg.masking.pred_ratio_var,
                           pred_shape=cfg.masking.pred_shape, pred_start_epoch=cfg.masking.pred_start_epoch)
+    side = round(a.global_crop_size * 8 / 7) if d.get("gpu_augment") else None
     ds = PretrainDataset(paths, aug, masks, cfg.model.patch_size, a.global_crops_number,
-                         seed=cfg.train.seed, on_bad_file=d.on_bad_file)
+                         seed=cfg.train.seed, on_bad_file=d.on_bad_file, gpu_augment_side=side)
     sampler = ResumableBatchSampler(len(ds), d.batch_size_per_gpu, env.rank, env.world, seed=cfg.train.seed)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
                         pin_memory=env.device.type == "cuda", persistent_workers=False,
@@ -133,6 +135,11 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
     knn_every = knn_cfg.pop("interval_epochs")
     knn_on = knn_cfg["root"] is not None
     knn = KNNMonitor(**knn_cfg) if knn_on and env.is_main else None
+    device_aug = None
+    if cfg.data.get("gpu_augment"):
+        device_aug = BatchedMultiCrop(
+            tuple(a.global_crops_scale), tuple(a.local_crops_scale), a.global_crops_number,
+            a.local_crops_number, a.global_crop_size, a.local_crop_size).to(env.device)
     images_per_iter = batch * (a.global_crops_number + a.local_crops_number)
     monitor = Monitor(work_dir, total, start, train_flops_per_image(cfg) / (a.global_crops_number + a.local_crops_number),
                       env.device, env.world, cfg.log.tensorboard, enabled=env.is_main)
@@ -145,7 +152,12 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
         for epoch in range(start // niter, epochs):
             sampler.state.epoch, sampler.state.batch = epoch, it - epoch * niter
             for crops, masks, n_bad in loader:
-                crops = [c.to(env.device, non_blocking=True) for c in crops]
+                if device_aug is not None:
+                    canvases, sizes = (t.to(env.device, non_blocking=True) for t in crops)
+                    # Seeded per (epoch, iteration, rank): resumes reproduce the same crops.
+                    crops = device_aug(canvases, sizes, seed=sample_seed(cfg.train.seed, epoch, it * env.world + env.rank))
+                else:
+                    crops = [c.to(env.device, non_blocking=True) for c in crops]
                 masks = [m.to(env.device, non_blocking=True) for m in masks]
                 out = step(crops, masks, epoch, it)
                 it += 1

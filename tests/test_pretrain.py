@@ -217,3 +217,12 @@ def test_knn_monitor_logs_teacher_accuracy(tmp_path: Path, image_root: Path) -> 
     vit.load_state_dict(load_file(tmp_path / "w" / "teacher_backbone.pth")["state_dict"])
     mon = KNNMonitor(str(labelled), 32, k=5, batch_size=16, num_workers=0)
     assert abs(mon(vit, torch.device("cpu")) - knn_rows[0]["knn_top1"]) < 1e-6
+
+
+def test_device_augmentation_path_trains_deterministically(tmp_path: Path, image_root: Path) -> None:
+    # data.gpu_augment: workers only decode; crops are made batched on the device (CPU here).
+    for run in ("a", "b"):
+        _finish(_run(tmp_path / run, image_root, "train.epochs=1", "data.gpu_augment=True", resume=False))
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert len(a) == 4 and a == b
+    assert all(x[1] == x[1] and x[1] > 0 for x in a)  # finite, positive losses

@@ -22,6 +22,10 @@ data = dict(
     batch_size_per_gpu=128,
     num_workers=10,
     on_bad_file="skip",  # or 'fail'
+    # True: workers only decode (longer side 8/7 x global crop, padded); crops, jitter, blur and
+    # solarisation run batched on the device (pretrain/gpu_augment.py, kornia) with the official
+    # per-image distributions. False: the official per-image PIL transforms in the workers.
+    gpu_augment=False,
 )
 optim = dict(
     lr=5e-4,  # scaled by total batch / 256
