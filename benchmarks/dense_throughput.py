@@ -104,7 +104,7 @@ def build(name: str, args: argparse.Namespace, dtype: str):
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
 
-    import dense  # noqa: F401  (registers our modules in both toolkits)
+    import det  # noqa: F401  (registers our modules in both toolkits)
 
     kind, path = MODELS[name]
     toolkit = TOOLKIT[kind]

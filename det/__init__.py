@@ -1,12 +1,35 @@
-"""Object detection and instance segmentation with iBOT ViTs in MMDetection 3.
+"""Object detection and instance segmentation with iBOT ViTs in MMDetection 3 — and the dense-prediction
+modules MMSegmentation shares (``seg`` imports this package).
 
 ``custom_imports = dict(imports=['det'], allow_failed_imports=False)`` in a config (all of ``det/configs/`` have it)
-registers the shared :mod:`dense` modules (backbone, simple feature pyramid, ``LN2d``, layer-decay optimizer
-constructor) in ``mmdet.registry``, routes mmengine's checkpoint loading through the project's checkpoint policy,
-and repairs ``imagecorruptions`` for mmdet's ``Corrupt`` transform on numpy 2.
+registers :class:`iBOTViTBackbone`, :class:`SimpleFeaturePyramid`, ``LN2d`` and
+:class:`ViTLayerDecayOptimWrapperConstructor` in both toolkits' registries, routes mmengine's local checkpoint
+loading through the project's checkpoint policy (:func:`ibot.compat.mmengine.install`), and repairs
+``imagecorruptions`` for mmdet's ``Corrupt`` transform on numpy 2.
 """
 from ibot.compat.imagecorruptions import install as _install_imagecorruptions
+from ibot.compat.mmengine import install as _install_checkpoint_policy
 
-import dense  # noqa: F401  (registers the dense modules in mmdet and mmseg)
+from .backbone import DeconvPyramid, default_out_indices, iBOTViTBackbone
+from .checkpoint import backbone_state_dict, load_pretrained
+from .layers import LayerNorm2d
+from .neck import SimpleFeaturePyramid
+from .optim import ViTLayerDecayOptimWrapperConstructor, get_layer_id
+from .registry import register_modules
 
+_install_checkpoint_policy()
 _install_imagecorruptions()
+register_modules()
+
+__all__ = [
+    "DeconvPyramid",
+    "LayerNorm2d",
+    "SimpleFeaturePyramid",
+    "ViTLayerDecayOptimWrapperConstructor",
+    "backbone_state_dict",
+    "default_out_indices",
+    "get_layer_id",
+    "iBOTViTBackbone",
+    "load_pretrained",
+    "register_modules",
+]

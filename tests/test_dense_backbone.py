@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dense
-from dense.backbone import DeconvPyramid, default_out_indices, iBOTViTBackbone, window_attention
-from dense.neck import SimpleFeaturePyramid
+import det
+from det.backbone import DeconvPyramid, default_out_indices, iBOTViTBackbone, window_attention
+from det.neck import SimpleFeaturePyramid
 
 
 def tiny(**kw) -> iBOTViTBackbone:
@@ -24,10 +24,10 @@ def test_registered_in_both_toolkits(toolkit: str) -> None:
     reg = importlib.import_module(f"{toolkit}.registry")
     assert reg.MODELS.get("iBOTViTBackbone") is iBOTViTBackbone
     assert reg.MODELS.get("SimpleFeaturePyramid") is SimpleFeaturePyramid
-    assert reg.MODELS.get("LN2d") is dense.LayerNorm2d
+    assert reg.MODELS.get("LN2d") is det.LayerNorm2d
     assert reg.OPTIM_WRAPPER_CONSTRUCTORS.get("ViTLayerDecayOptimWrapperConstructor") is \
-        dense.ViTLayerDecayOptimWrapperConstructor
-    assert dense.register_modules((toolkit,)) == [toolkit]  # idempotent
+        det.ViTLayerDecayOptimWrapperConstructor
+    assert det.register_modules((toolkit,)) == [toolkit]  # idempotent
 
 
 def test_default_out_indices_scale_with_depth() -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from timm.layers import resample_abs_pos_embed
 
-import dense  # noqa: F401  (registers the backbone in mmdet and mmseg)
+import det  # noqa: F401  (registers the backbone in mmdet and mmseg)
 from ibot.checkpoint import StateDictMismatchError, UntrustedCheckpointError, load_file, save_file
 from ibot.compat.mmengine import trust_checkpoint
 from ibot.model import build_student_teacher

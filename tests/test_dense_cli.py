@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from mmengine.runner.checkpoint import CheckpointLoader
 
-from dense import cli
+from det import cli
 from ibot.checkpoint import UntrustedCheckpointError
 from ibot.compat.mmengine import is_trusted
 

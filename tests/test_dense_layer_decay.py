@@ -7,9 +7,9 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 from torch import nn
 
-import dense  # noqa: F401  (registers the constructor in mmdet and mmseg)
-from dense.backbone import iBOTViTBackbone
-from dense.optim import get_layer_id
+import det  # noqa: F401  (registers the constructor in mmdet and mmseg)
+from det.backbone import iBOTViTBackbone
+from det.optim import get_layer_id
 
 LR, WD, RATE, DEPTH = 1e-3, 0.05, 0.5, 3
 

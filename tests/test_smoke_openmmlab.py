@@ -9,7 +9,7 @@ import pytest
 import torch
 
 
-@pytest.mark.parametrize("name", ["ibot", "pretrain", "det", "seg", "dense", "robustness", "transfer",
+@pytest.mark.parametrize("name", ["ibot", "pretrain", "det", "seg", "robustness", "transfer",
                                   "mmcv", "mmengine", "mmdet", "mmseg", "timm", "pycocotools"])
 def test_imports(name: str) -> None:
     importlib.import_module(name)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     from ibot.checkpoint import save_file
     from ibot.compat.mmengine import trust_checkpoint
 
-    from dense.checkpoint import backbone_state_dict, read_checkpoint, split_ignored
+    from det.checkpoint import backbone_state_dict, read_checkpoint, split_ignored
 
     if args.timm:
         import timm

@@ -167,7 +167,7 @@ feat = torch.arange(16.0).view(1, 1, 4, 4)
 rois = torch.tensor([[0.0, 0, 0, 4, 4]])
 out = RoIAlign((2, 2), spatial_scale=1.0, sampling_ratio=2, aligned=True)(feat, rois)
 assert out.shape == (1, 1, 2, 2) and torch.isfinite(out).all()
-import ibot, pretrain, det, seg, dense, robustness, transfer  # noqa: F401  (project packages)
+import ibot, pretrain, det, seg, robustness, transfer  # noqa: F401  (project packages)
 for m in (torch, torchvision, timm, mmengine, mmcv, mmdet, mmseg, numpy, setuptools):
     print(f"{m.__name__:>12} {m.__version__}")
 print(f"{'imagecorruptions':>12} {md.version('imagecorruptions')}")

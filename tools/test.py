@@ -21,7 +21,7 @@ if ROOT not in sys.path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from dense.cli import add_common_args
+    from det.cli import add_common_args
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="config file (det/configs/... or seg/configs/...)")
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from dense.cli import load_config, trust_checkpoints
+    from det.cli import load_config, trust_checkpoints
 
     cfg = load_config(args)
     cfg.load_from = args.checkpoint

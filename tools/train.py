@@ -18,7 +18,7 @@ if ROOT not in sys.path:  # configs import the repository's packages (custom_imp
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from dense.cli import AMP_DTYPES, add_common_args
+    from det.cli import AMP_DTYPES, add_common_args
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="config file (det/configs/... or seg/configs/...)")
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from dense.cli import load_config, pretrained_checkpoints, resolve_resume, set_amp, toolkit_of, trust_checkpoints
+    from det.cli import load_config, pretrained_checkpoints, resolve_resume, set_amp, toolkit_of, trust_checkpoints
 
     cfg = load_config(args)
     if toolkit_of(cfg) == "mmdet":

@@ -1,6 +1,6 @@
 """The iBOT ViT as an MMDetection / MMSegmentation backbone.
 
-One class, :class:`iBOTViTBackbone`, registered in both toolkits (see :mod:`dense.registry`). It wraps the
+One class, :class:`iBOTViTBackbone`, registered in both toolkits (see :mod:`det.registry`). It wraps the
 project's :class:`ibot.vit.iBOTViT` (parameter names = official iBOT / DINO / timm, so checkpoints load without
 renaming) and returns the patch tokens of chosen blocks as (B, D, H/p, W/p) maps, optionally turned into a
 stride 4/8/16/32 pyramid the way the iBOT/BEiT recipe does (:class:`DeconvPyramid`).
@@ -142,7 +142,7 @@ class iBOTViTBackbone(BaseModule):
         out_with_norm: apply the final LayerNorm to every output (iBOT's seg README sets it; det does not).
             Without it the final norm is removed, and its checkpoint weights are reported as ignored.
         pyramid: ``'deconv'`` (iBOT/BEiT :class:`DeconvPyramid`, default) or ``None`` (stride-``patch_size``
-            maps; use with a linear head or the :class:`~dense.neck.SimpleFeaturePyramid` neck).
+            maps; use with a linear head or the :class:`~det.neck.SimpleFeaturePyramid` neck).
         pyramid_strides: output strides of the deconv pyramid, one per output index.
         pyramid_norm_cfg: norm between the two deconvolutions (recipe: SyncBN; mmengine turns SyncBN into BN in
             non-distributed runs).
@@ -154,7 +154,7 @@ class iBOTViTBackbone(BaseModule):
         init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, checkpoint_key=None, strict=False)``. Reads
             our pre-training checkpoints and official iBOT / DINO full checkpoints (teacher by default),
             backbone-only files, timm ViT state dicts and mmengine det/seg checkpoints of this backbone;
-            missing / unexpected keys are reported (see :func:`dense.checkpoint.load_pretrained`). Files that
+            missing / unexpected keys are reported (see :func:`det.checkpoint.load_pretrained`). Files that
             pickle objects (full checkpoints) need the trust opt-in (``--trust-checkpoint``).
     """
 

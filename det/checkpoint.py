@@ -1,7 +1,7 @@
 """Backbone initialisation for the dense harnesses, on top of :mod:`ibot.checkpoint` (the project's one loader).
 
 Supported sources (all through :func:`ibot.checkpoint.extract_backbone_state_dict`, plus mmengine det/seg
-checkpoints of :class:`~dense.backbone.iBOTViTBackbone`, whose keys are ``backbone.vit.*``):
+checkpoints of :class:`~det.backbone.iBOTViTBackbone`, whose keys are ``backbone.vit.*``):
 
 * our pre-training checkpoints and official iBOT / DINO full checkpoints (``student`` / ``teacher``; teacher by
   default). Official ones pickle an ``argparse.Namespace`` and need the trust opt-in;

@@ -2,7 +2,7 @@
 
 The same classes go into ``mmdet.registry`` and ``mmseg.registry`` (each only if that toolkit imports), so a config
 of either toolkit can say ``type='iBOTViTBackbone'`` once ``custom_imports=dict(imports=['det'])`` (or ``['seg']``,
-or ``['dense']``) has imported this package.
+or ``['det']``) has imported this package.
 """
 from __future__ import annotations
 
