@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "GaussianBlur",
     "Solarization",
     "MultiCropAugmentation",
+    "MultiCropSpec",
     "MultiCropMaskDataset",
 ]
 
@@ -78,6 +80,28 @@ def _check_scale(scale: Sequence[float], name: str) -> tuple[float, float]:
     return float(scale[0]), float(scale[1])
 
 
+@dataclass(frozen=True)
+class MultiCropSpec:
+    """Validated multi-crop geometry shared by the per-image and the batched device pipelines."""
+
+    global_crops_scale: tuple[float, float] = (0.14, 1.0)
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    global_crops_number: int = 2
+    local_crops_number: int = 0
+    global_crop_size: int = 224
+    local_crop_size: int = 96
+
+    def __post_init__(self) -> None:
+        if self.global_crops_number < 1:
+            raise ValueError(f"global_crops_number must be >= 1, got {self.global_crops_number}")
+        if self.local_crops_number < 0:
+            raise ValueError(f"local_crops_number must be >= 0, got {self.local_crops_number}")
+        if self.global_crop_size <= 0 or self.local_crop_size <= 0:
+            raise ValueError(f"crop sizes must be positive, got {self.global_crop_size}, {self.local_crop_size}")
+        object.__setattr__(self, "global_crops_scale", _check_scale(self.global_crops_scale, "global_crops_scale"))
+        object.__setattr__(self, "local_crops_scale", _check_scale(self.local_crops_scale, "local_crops_scale"))
+
+
 class MultiCropAugmentation:
     """iBOT / DINO multi-crop: `global_crops_number` crops of `global_crop_size`, then `local_crops_number` locals.
 
@@ -97,18 +121,10 @@ class MultiCropAugmentation:
         global_crop_size: int = 224,
         local_crop_size: int = 96,
     ) -> None:
-        if global_crops_number < 1:
-            raise ValueError(f"global_crops_number must be >= 1, got {global_crops_number}")
-        if local_crops_number < 0:
-            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
-        if global_crop_size <= 0 or local_crop_size <= 0:
-            raise ValueError(f"crop sizes must be positive, got {global_crop_size}, {local_crop_size}")
-        self.global_crops_scale = _check_scale(global_crops_scale, "global_crops_scale")
-        self.local_crops_scale = _check_scale(local_crops_scale, "local_crops_scale")
-        self.global_crops_number = global_crops_number
-        self.local_crops_number = local_crops_number
-        self.global_crop_size = global_crop_size
-        self.local_crop_size = local_crop_size
+        self.spec = MultiCropSpec(global_crops_scale, local_crops_scale, global_crops_number, local_crops_number,
+                                  global_crop_size, local_crop_size)
+        for name, value in asdict(self.spec).items():
+            setattr(self, name, value)
 
         flip_and_color_jitter = transforms.Compose(
             [

@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import kornia
 import numpy as np
@@ -76,7 +77,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ibot.augment import IMAGENET_MEAN, IMAGENET_STD, _check_scale
+from ibot.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropSpec
 
 __all__ = ["BatchedMultiCrop", "sample_resized_crop_boxes", "decode_for_gpu", "collate_for_gpu"]
 
@@ -198,18 +199,10 @@ class BatchedMultiCrop(nn.Module):
         interpolation: str = "bicubic",
     ) -> None:
         super().__init__()
-        if global_crops_number < 1:
-            raise ValueError(f"global_crops_number must be >= 1, got {global_crops_number}")
-        if local_crops_number < 0:
-            raise ValueError(f"local_crops_number must be >= 0, got {local_crops_number}")
-        if global_crop_size <= 0 or local_crop_size <= 0:
-            raise ValueError(f"crop sizes must be positive, got {global_crop_size}, {local_crop_size}")
-        self.global_crops_scale = _check_scale(global_crops_scale, "global_crops_scale")
-        self.local_crops_scale = _check_scale(local_crops_scale, "local_crops_scale")
-        self.global_crops_number = global_crops_number
-        self.local_crops_number = local_crops_number
-        self.global_crop_size = global_crop_size
-        self.local_crop_size = local_crop_size
+        self.spec = MultiCropSpec(global_crops_scale, local_crops_scale, global_crops_number, local_crops_number,
+                                  global_crop_size, local_crop_size)
+        for name, value in asdict(self.spec).items():
+            setattr(self, name, value)
         self.quantize = quantize
         self.blur_sigma = blur_sigma
         self.blur_kernel = 2 * math.ceil(blur_truncate * blur_sigma[1]) + 1
