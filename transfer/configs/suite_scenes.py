@@ -1,0 +1,35 @@
+"""Data config of ``tools/evaluate_backbone.py`` on the embedded scene data set (``ibot.scenes``), tiny CPU budgets.
+
+    python tools/evaluate_backbone.py CKPT --arch vit_tiny --patch-size 8 --img-size 64 \\
+        --suite knn linear robustness --data-config transfer/configs/suite_scenes.py --work-dir work_dirs/eval/x
+
+The data set is generated on first use (seconds, cached under ``$IBOT_CACHE_DIR/scenes``). Raise the epochs for a
+GPU run; on real data sets copy this file and point the roots at them (see ``transfer/suite.py``).
+Not a transfer recipe: ``transfer.recipes`` only imports ``transfer/configs/<dataset>.py`` by name.
+"""
+from ibot.scenes import ensure_scenes as _ensure_scenes
+
+_root = _ensure_scenes()  # SceneSpec defaults: 64 px objects, 40 train / 10 val per class, 128 px scenes
+
+classification = dict(dataset="imagefolder", root=str(_root / "classification"), train_split="train",
+                      test_split="val")
+robustness = dict(
+    data=str(_root / "classification" / "val"),
+    masks=str(_root / "classification" / "masks" / "val"),  # foreground masks: backgrounds (IN-9 style) on the fly
+    tests=["imagenet-c", "occlusion", "backgrounds"],
+    corruptions=["gaussian_noise", "defocus_blur", "contrast", "jpeg_compression"],
+    severities=[1, 3, 5],
+    occlusion_modes=["random", "salient"],
+    occlusion_levels=[0.25, 0.5, 0.75],
+    batch_size=64,
+)
+knn = dict(batch_size=64, options={"ks": [10, 20], "report_k": 20})
+linear = dict(epochs=10, batch_size=32, options={"lrs": [0.001, 0.01, 0.1]})
+finetune = dict(epochs=3, batch_size=32)
+coco = dict(root=str(_root / "coco"), ann_train=str(_root / "coco" / "annotations" / "instances_train.json"),
+            ann_val=str(_root / "coco" / "annotations" / "instances_val.json"),
+            img_train=str(_root / "coco" / "images" / "train"), img_val=str(_root / "coco" / "images" / "val"))
+ade = dict(root=str(_root / "ade"))
+# det = dict(config=..., cfg_options={...}, metric="coco/bbox_mAP")  # see transfer/suite.py (not set up here)
+# seg = dict(config=..., cfg_options={...}, metric="mIoU")
+common = dict(device="auto", num_workers=0)
