@@ -155,6 +155,7 @@ def build_ibot_linear_classifier(
     arch: str, patch_size: int, backbone_ckpt: str | os.PathLike[str] | None, head_ckpt: str | os.PathLike[str] | None,
     *, num_classes: int | None = None, n_last_blocks: int = 1, avgpool: int = 0, img_size: int = 224,
     checkpoint_key: str | None = None, trusted: bool = False, depth: int | None = None,
+    embed_dim: int | None = None, num_heads: int | None = None,
 ) -> BackboneWithLinearHead:
     """An iBOT ViT backbone + linear head from checkpoints (strict loading; ``masked_embed`` ignored).
 
@@ -162,8 +163,9 @@ def build_ibot_linear_classifier(
     Without ``head_ckpt`` the head is random (``num_classes`` needed) — only useful for pipeline tests.
     """
     kwargs: dict[str, Any] = dict(patch_size=patch_size, img_size=img_size, pos_interp="size")
-    if depth is not None:
-        kwargs["depth"] = depth
+    for name, value in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
+        if value is not None:  # non-standard sizes (tests, toy models)
+            kwargs[name] = value
     backbone = build_vit(arch, **kwargs)
     if backbone_ckpt is not None:
         sd = extract_backbone_state_dict(load_file(backbone_ckpt, trusted=trusted), checkpoint_key)

@@ -24,6 +24,10 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         result = json.loads((work / name / "result.json").read_text())
         assert result["protocol"] == "knn" and f"{result['metric']['value']:.1f}" in md
     assert (work / "pretrain" / "teacher_backbone.pth").is_file()
+    assert "suite/report/report.html" in page and (work / "suite" / "report" / "report.html").is_file()
+    for name in ("iBOT_demo", "random_init"):
+        suite = json.loads((work / "suite" / name / "results.json").read_text())
+        assert {"knn", "linear", "robustness"} <= set(json.dumps(suite).split('"')), name
     assert (tmp_path / "cache" / "scenes").is_dir()
     # A second run reuses everything (no retraining, no re-evaluation) and rewrites the report.
     again = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--quick", "--work-dir", str(work)],

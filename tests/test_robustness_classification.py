@@ -320,3 +320,12 @@ def test_shared_data_present() -> None:
     for parts in (("cifar10", "test"), ("grabcut", "images"), ("grabcut", "masks"), ("tiny_coco",),
                   ("ade20k_sample",), ("camvid", "val")):
         assert shared_data(*parts).is_dir()
+
+
+def test_linear_classifier_builds_non_standard_vit_sizes() -> None:
+    from robustness.classifier import build_ibot_linear_classifier
+
+    model = build_ibot_linear_classifier("vit_tiny", 8, None, None, num_classes=3, img_size=32, depth=2,
+                                         embed_dim=32, num_heads=2)
+    assert model.backbone.embed_dim == 32 and len(model.backbone.blocks) == 2
+    assert model.backbone.blocks[0].attn.num_heads == 2

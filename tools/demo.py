@@ -4,7 +4,9 @@
 2. pretrain a small ViT with iBOT on its images (``pretrain/configs/ibot_vit-tiny_demo.py``);
 3. k-NN transfer of the pretrained teacher and of the same ViT at random initialisation
    (``tools/transfer_knn.py``, the real harness);
-4. write ``<work-dir>/report.md`` and a self-contained ``report.html`` side by side.
+4. the evaluation suite (``tools/evaluate_backbone.py``: k-NN, linear probe, robustness) on both
+   backbones, with its side-by-side report (``<work-dir>/suite/report.html``);
+5. write ``<work-dir>/report.md`` and a self-contained ``report.html`` that links the suite report.
 
 Re-running resumes: finished pretraining and evaluations are reused.
 """
@@ -57,6 +59,27 @@ def knn(cfg: Config, data_root: str, out_dir: str, checkpoint: str | None, name:
         return json.load(f)
 
 
+def suite(cfg: Config, work: str, scenes: str, checkpoints: dict[str, str]) -> str:
+    """Run tools/evaluate_backbone.py for each backbone (resumable), then its side-by-side report."""
+    v = cfg.model.vit_overrides
+    tool = os.path.join(ROOT, "tools", "evaluate_backbone.py")
+    dirs = []
+    for name, ckpt in checkpoints.items():
+        out = os.path.join(work, "suite", name.replace(" ", "_"))
+        cmd = [sys.executable, tool, ckpt, "--arch", cfg.model.arch, "--patch-size", str(cfg.model.patch_size),
+               "--img-size", str(cfg.model.img_size), "--set", f"model.embed_dim={v.embed_dim}",
+               f"model.depth={v.depth}", f"model.num_heads={v.num_heads}", "--suite", "knn", "linear",
+               "robustness", "--data-config", os.path.join(ROOT, "transfer", "configs", "suite_scenes.py"),
+               "--work-dir", out, "--name", name]
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
+                       env=dict(os.environ, IBOT_SCENES_ROOT=scenes))  # the demo's data set
+        dirs.append(out)
+    report = os.path.join(work, "suite", "report")
+    subprocess.run([sys.executable, tool, "--report", *dirs, "--out", report], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL)
+    return os.path.join(report, "report.html")
+
+
 def loss_curve_png(log_path: str) -> bytes:
     import matplotlib
 
@@ -82,7 +105,8 @@ def top1(result: dict) -> float:
     return float(result["metric"]["value"])
 
 
-def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root: str, seconds: float) -> str:
+def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root: str, seconds: float,
+                 suite_report: str) -> str:
     rows = [(name, top1(r), r["metric"]) for name, r in results.items()]
     gain = rows[0][1] - rows[1][1]
     v = cfg.model.vit_overrides
@@ -95,7 +119,9 @@ def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root
         *[f"| {name} | {acc:.1f} |" for name, acc, _ in rows], "",
         f"Learning signal: **{gain:+.1f} points** over random initialisation. Total time {seconds / 60:.1f} min.", "",
         "Pretraining log: `pretrain/log.jsonl`; teacher backbone: `pretrain/teacher_backbone.pth`; "
-        "k-NN results: `knn_*/result.json`.",
+        "k-NN results: `knn_*/result.json`.", "",
+        f"Evaluation suite (k-NN, linear probe, robustness) of both backbones: "
+        f"[{os.path.relpath(suite_report, work_dir)}]({os.path.relpath(suite_report, work_dir)}).",
     ]
     atomic_write_text(os.path.join(work_dir, "report.md"), "\n".join(lines) + "\n")
     png = base64.b64encode(loss_curve_png(os.path.join(work_dir, "pretrain", "log.jsonl"))).decode()
@@ -106,6 +132,8 @@ def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root
 <p>{html.escape(lines[2])}</p>
 <table><tr><th>backbone</th><th>k-NN top-1 (%)</th></tr>{table}</table>
 <p>Learning signal: <b>{gain:+.1f} points</b> over random initialisation.</p>
+<p>Evaluation suite (k-NN, linear probe, robustness) of both backbones:
+<a href="{html.escape(os.path.relpath(suite_report, work_dir))}">suite report</a>.</p>
 <h2>Pretraining loss</h2><img alt="iBOT loss curve" src="data:image/png;base64,{png}">
 </body></html>"""
     out = os.path.join(work_dir, "report.html")
@@ -126,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
 
     sizes = dict(n_train_per_class=12, n_val_per_class=6) if args.quick else dict(
         n_train_per_class=250 if not cuda else 1000, n_val_per_class=50)
-    say("1/4 default data: generating (or reusing) the scene data set ...")
+    say("1/5 default data: generating (or reusing) the scene data set ...")
     scenes = ensure_scenes(**sizes)
     data_root = os.path.join(scenes, "classification")
     say(f"      {scenes}")
@@ -143,10 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.epochs:
         cfg.train.epochs = args.epochs
     work = os.path.abspath(args.work_dir)
-    say(f"2/4 iBOT pretraining: {cfg.train.epochs} epochs on {'GPU' if cuda else 'CPU'} -> {work}/pretrain")
+    say(f"2/5 iBOT pretraining: {cfg.train.epochs} epochs on {'GPU' if cuda else 'CPU'} -> {work}/pretrain")
     train(cfg, os.path.join(work, "pretrain"), resume=True)
 
-    say("3/4 k-NN transfer of the pretrained teacher and of the random-init backbone ...")
+    say("3/5 k-NN transfer of the pretrained teacher and of the random-init backbone ...")
     results = {
         "iBOT-pretrained (demo)": knn(cfg, data_root, os.path.join(work, "knn_ibot"),
                                       os.path.join(work, "pretrain", "teacher_backbone.pth"), "iBOT (demo)",
@@ -154,8 +182,11 @@ def main(argv: list[str] | None = None) -> None:
         "random initialisation": knn(cfg, data_root, os.path.join(work, "knn_random"), None, "random init",
                                      args.workers),
     }
-    say("4/4 report ...")
-    out = write_report(work, cfg, results, data_root, time.time() - t0)
+    say("4/5 evaluation suite (k-NN, linear probe, robustness) on both backbones ...")
+    suite_report = suite(cfg, work, str(scenes), {"iBOT demo": os.path.join(work, "pretrain", "teacher_backbone.pth"),
+                                     "random init": "random"})
+    say("5/5 report ...")
+    out = write_report(work, cfg, results, data_root, time.time() - t0, suite_report)
     for name, r in results.items():
         say(f"      k-NN top-1 {top1(r):5.1f} %  {name}")
     say(f"done in {(time.time() - t0) / 60:.1f} min: report at {out}")

@@ -57,7 +57,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default="vit_small", help="vit_tiny / vit_small / vit_base / vit_large")
     g.add_argument("--patch-size", type=int, default=16)
     g.add_argument("--img-size", type=int, default=224, help="position-embedding size the backbone is built with")
-    g.add_argument("--depth", type=int, default=None, help="override the arch's depth (tests)")
+    g.add_argument("--depth", type=int, default=None, help="override the arch's depth (toy models)")
+    g.add_argument("--embed-dim", type=int, default=None, help="override the arch's width (toy models)")
+    g.add_argument("--num-heads", type=int, default=None, help="override the arch's head count (toy models)")
     g.add_argument("--backbone", help="backbone checkpoint (any format ibot.checkpoint understands)")
     g.add_argument("--checkpoint-key", default=None, help="teacher / student / state_dict ... (default: auto)")
     g.add_argument("--head", help="linear-head checkpoint ({weight, bias}, eval_linear files, ...)")
@@ -105,7 +107,8 @@ def build_classifier(args: argparse.Namespace) -> ImageClassifier:
     model = build_ibot_linear_classifier(
         args.arch, args.patch_size, args.backbone, args.head, num_classes=args.num_classes,
         n_last_blocks=args.n_last_blocks, avgpool=args.avgpool, img_size=args.img_size,
-        checkpoint_key=args.checkpoint_key, trusted=args.trust_checkpoint, depth=args.depth)
+        checkpoint_key=args.checkpoint_key, trusted=args.trust_checkpoint, depth=args.depth,
+        embed_dim=args.embed_dim, num_heads=args.num_heads)
     return ImageClassifier(model, args.mean, args.std, patch_size=args.patch_size)
 
 

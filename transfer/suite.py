@@ -253,8 +253,9 @@ def _robustness(args: SuiteArgs, backbone: str, out: Path, log: Path) -> dict[st
              "--out", str(out / "results.json"), "--name", args.name or "backbone", "--no-progress",
              "--workers", str(common.get("num_workers", 0)), "--seed", str(args.seed),
              "--batch-size", str(cfg.get("batch_size", 64))]
-    if "model.depth" in args.overrides:
-        model += ["--depth", str(args.overrides["model.depth"])]
+    for key in ("depth", "embed_dim", "num_heads"):
+        if f"model.{key}" in args.overrides:
+            model += [f"--{key.replace('_', '-')}", str(args.overrides[f"model.{key}"])]
     if backbone:
         model += ["--backbone", backbone]
     if common.get("device") not in (None, "auto"):

@@ -7,9 +7,14 @@ The data set is generated on first use (seconds, cached under ``$IBOT_CACHE_DIR/
 GPU run; on real data sets copy this file and point the roots at them (see ``transfer/suite.py``).
 Not a transfer recipe: ``transfer.recipes`` only imports ``transfer/configs/<dataset>.py`` by name.
 """
+import os as _os
+from pathlib import Path as _Path
+
 from ibot.scenes import ensure_scenes as _ensure_scenes
 
-_root = _ensure_scenes()  # SceneSpec defaults: 64 px objects, 40 train / 10 val per class, 128 px scenes
+# IBOT_SCENES_ROOT: an already generated scene data set (the demo passes its own, larger one);
+# otherwise the SceneSpec defaults: 64 px objects, 40 train / 10 val per class, 128 px scenes.
+_root = _Path(_os.environ["IBOT_SCENES_ROOT"]) if _os.environ.get("IBOT_SCENES_ROOT") else _ensure_scenes()
 
 classification = dict(dataset="imagefolder", root=str(_root / "classification"), train_split="train",
                       test_split="val")
