@@ -161,7 +161,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path, image_root: Pat
         proc = _run(work, image_root)
         deadline = time.time() + 120
         while time.time() < deadline and len(list_checkpoints(str(work))) < kill_after:
-            time.sleep(0.05)
+            time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
