@@ -15,8 +15,10 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-PYTHON=${PYTHON:-python}
+PYTHON=${PYTHON:-}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# The project venv when it exists (tools/setup.sh), else python on PATH; PYTHON overrides.
+[ -n "$PYTHON" ] || { [ -x "$ROOT/.venv/bin/python" ] && PYTHON=$ROOT/.venv/bin/python || PYTHON=python; }
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 has_gpu() {  # an NVIDIA GPU is visible (checked without importing torch, which takes seconds)
