@@ -41,6 +41,8 @@ def load_config(args: argparse.Namespace) -> Config:
     """Config with command-line overrides applied, work dir and launcher set, checkpoint policy installed."""
     install_checkpoint_policy()
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if not osp.isfile(args.config):
+        raise SystemExit(f"config file {args.config!r} does not exist (det/configs/*.py or seg/configs/*.py)")
     cfg = Config.fromfile(args.config)
     toolkit_of(cfg)
     cfg.launcher = args.launcher
