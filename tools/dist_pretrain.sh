@@ -5,13 +5,8 @@
 set -euo pipefail
 CONFIG=${1:?usage: dist_pretrain.sh CONFIG GPUS [args]}
 GPUS=${2:?usage: dist_pretrain.sh CONFIG GPUS [args]}
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-[ -x "$PY" ] || PY=python
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PY" -m torch.distributed.run \
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
+# tools/pretrain.py reads torchrun's environment itself (NCCL on GPUs, gloo on CPU): no --launcher.
+exec "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$PORT" \
   --nproc_per_node="$GPUS" "$ROOT/tools/pretrain.py" "$CONFIG" "${@:3}"

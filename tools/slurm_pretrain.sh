@@ -6,13 +6,12 @@ PARTITION=${1:?usage: slurm_pretrain.sh PARTITION JOB_NAME CONFIG WORK_DIR [args
 JOB_NAME=${2:?}; CONFIG=${3:?}; WORK_DIR=${4:?}
 GPUS=${GPUS:-16}; GPUS_PER_NODE=${GPUS_PER_NODE:-8}; CPUS_PER_TASK=${CPUS_PER_TASK:-10}
 SRUN_ARGS=${SRUN_ARGS:-}
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=${PYTHON:-$ROOT/.venv/bin/python}
-[ -x "$PY" ] || PY=python
-# MASTER_ADDR/PORT for the process group: the first node of the allocation.
+# MASTER_ADDR/PORT for the process group: the first node of the allocation (set before the common
+# defaults, which would otherwise make it 127.0.0.1).
 export MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1 || echo 127.0.0.1)}
 export MASTER_PORT=${PORT:-29500}
-PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" srun -p "$PARTITION" --job-name="$JOB_NAME" \
+source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
+srun -p "$PARTITION" --job-name="$JOB_NAME" \
   --gres=gpu:"$GPUS_PER_NODE" --ntasks="$GPUS" --ntasks-per-node="$GPUS_PER_NODE" \
   --cpus-per-task="$CPUS_PER_TASK" --kill-on-bad-exit=1 $SRUN_ARGS \
-  "$PY" -u "$ROOT/tools/pretrain.py" "$CONFIG" --work-dir="$WORK_DIR" "${@:5}"
+  "$PYTHON" -u "$ROOT/tools/pretrain.py" "$CONFIG" --work-dir="$WORK_DIR" "${@:5}"
