@@ -9,7 +9,8 @@ import torch
 from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "det/configs").glob("*.py"))
+CONFIGS = sorted(p for p in (ROOT / "det/configs").glob("*.py") if "_scenes-" not in p.name)  # paper recipes
+DEMO_CONFIGS = sorted((ROOT / "det/configs").glob("*_scenes-*.py"))  # demo scale, on ibot.scenes data
 NAME = re.compile(r"cascade-mask-rcnn_vit-(?P<arch>[sb])16-ibot_(?P<neck>[a-z0-9-]+)_4conv1fc-giou_ld(?P<ld>[0-9.]+)"
                   r"_8xb(?P<batch>\d)-ms-crop-(?P<sched>[13])x_coco\.py")
 
@@ -125,3 +126,22 @@ def test_simple_pyramid_window_variant_trains() -> None:
     loss, _ = model.parse_losses(model(data["inputs"], data["data_samples"], mode="loss"))
     loss.backward()
     assert torch.isfinite(loss) and model.backbone.vit.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("path", DEMO_CONFIGS, ids=lambda p: p.stem)
+def test_demo_config_keeps_the_recipe_structure_on_scene_classes(path: Path) -> None:
+    """The scene config is the recipe's model at toy widths, reading the generated data's classes in their order."""
+    from ibot.scenes import DEFAULT_CLASSES
+
+    cfg = Config.fromfile(path)
+    model = cfg.model
+    assert model.type == "CascadeRCNN" and model.backbone.type == "iBOTViTBackbone"
+    assert model.backbone.pyramid == "deconv" and model.neck.in_channels == [model.backbone.embed_dim] * 4
+    assert cfg.train_dataloader.dataset.metainfo.classes == DEFAULT_CLASSES
+    assert cfg.val_dataloader.dataset.metainfo.classes == DEFAULT_CLASSES
+    for stage in model.roi_head.bbox_head:
+        assert stage.type == "ConvFCBBoxHead" and stage.num_classes == len(DEFAULT_CLASSES)
+        assert stage.loss_bbox.type == "GIoULoss" and stage.in_channels == model.neck.out_channels
+    assert model.roi_head.mask_head.num_classes == len(DEFAULT_CLASSES)
+    assert cfg.optim_wrapper.constructor == "ViTLayerDecayOptimWrapperConstructor"
+    assert cfg.val_evaluator.metric == ["bbox", "segm"] and cfg.val_evaluator.ann_file.startswith(cfg.data_root)

@@ -244,3 +244,39 @@ def test_our_pretrain_checkpoint(tmp_path) -> None:
     prefix = "backbone." if any(k.startswith("backbone.") for k in tsd) else ""
     assert bb and all(torch.equal(v, tsd[prefix + k]) for k, v in bb.items())  # the teacher backbone
     assert all(v.abs().sum() > 0 for k, v in bb.items() if k.endswith("qkv.weight"))
+
+
+# ------------------------------------------------------------------------------------- detection, segmentation
+def test_det_and_seg_follow_the_checkpoint_shape(tmp_path) -> None:
+    """The demo-scale det / seg configs (96-d, 4-block ViT) evaluate a 192-d, 2-block checkpoint: the suite passes the
+    backbone shape and the neck / head input widths; the checkpoint loads with nothing missing."""
+    from ibot.scenes import ensure_scenes
+
+    scenes = ensure_scenes(cache_dir=tmp_path / "cache", image_size=32, scene_size=64, n_train_per_class=2,
+                           n_val_per_class=1, n_scenes_train=4, n_scenes_val=2)  # all 8 default classes
+    ckpt = tmp_path / "tiny_backbone.pth"
+    torch.save(tiny_vit().state_dict(), ckpt)
+    loaders = {f"{s}.{k}": v for s in ("train_dataloader", "val_dataloader", "test_dataloader")
+               for k, v in (("num_workers", 0), ("persistent_workers", False), ("batch_size", 2))}
+    cfg = data_config(
+        scenes, tmp_path / "data.json",
+        det=dict(config="det/configs/cascade-mask-rcnn_vit-ibot_deconv-fpn_4conv1fc-giou_ld0.8_1xb8-4e_scenes-128.py",
+                 data_root=str(scenes / "coco"),
+                 cfg_options={**loaders, "train_cfg.max_epochs": 1, "train_cfg.val_begin": 10**6}),
+        seg=dict(config="seg/configs/upernet_vit-ibot_deconv-ln_ld0.9_1xb8-300it_scenes-128.py",
+                 data_root=str(scenes / "ade"),
+                 cfg_options={**loaders, "train_cfg.max_iters": 2, "train_cfg.val_begin": 10**6,
+                              "default_hooks.checkpoint.interval": 2}))
+    work = tmp_path / "work"
+    ok(evaluate(str(ckpt), *MODEL, "--suite", "det", "seg", "--data-config", cfg, "--work-dir", str(work),
+                timeout=600))
+    rec = json.loads((work / "results.json").read_text())
+    for h, metric, keys in (("det", "coco/bbox_mAP", {"coco/bbox_mAP", "coco/segm_mAP"}), ("seg", "mIoU", {"mIoU"})):
+        e = rec["harnesses"][h]
+        assert e["status"] == "ok" and e["metric"] == metric and 0.0 <= e["value"] <= 100.0, e
+        assert keys <= set(json.loads(Path(e["result"]).read_text()))
+        log = (work / h / "log.txt").read_text()
+        assert re.search(r"LoadReport: \d+ tensors loaded, 0 missing, 0 unexpected", log), log[-3000:]
+        state = load_file(e["checkpoint"], trusted=True)["state_dict"]  # the runner's own checkpoint
+        assert state["backbone.vit.cls_token"].shape == (1, 1, 192)
+        assert not any(k.startswith("backbone.vit.blocks.2.") for k in state)  # depth 2, not the config's 4

@@ -10,7 +10,8 @@ import torch
 from mmengine.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "seg/configs").glob("*.py"))
+CONFIGS = sorted(p for p in (ROOT / "seg/configs").glob("*.py") if "_scenes-" not in p.name)  # paper recipes
+DEMO_CONFIGS = sorted((ROOT / "seg/configs").glob("*_scenes-*.py"))  # demo scale, on ibot.scenes data
 UPERNET = re.compile(r"upernet_vit-(?P<arch>[sb])16-ibot_deconv-ln_ld(?P<ld>[0-9.]+)_(?P<gpus>\d)xb(?P<batch>\d)"
                      r"-(?P<iters>\d+)k_(?P<data>ade20k-512x512|camvid-352x480)\.py")
 LINEAR = re.compile(r"linear_vit-(?P<arch>[sb])16-ibot_frozen-ln_(?P<gpus>\d)xb(?P<batch>\d)-160k_ade20k-512x512\.py")
@@ -91,3 +92,23 @@ def test_linear_variant_trains_only_the_head() -> None:
     assert not any(p.requires_grad or p.grad is not None for p in model.backbone.parameters())
     assert model.decode_head.conv_seg.weight.grad.abs().sum() > 0
     assert not any(b.training for b in model.backbone.vit.blocks)  # frozen blocks stay in eval mode
+
+
+@pytest.mark.parametrize("path", DEMO_CONFIGS, ids=lambda p: p.stem)
+def test_demo_config_keeps_the_recipe_structure_on_scene_classes(path: Path) -> None:
+    """The scene config is the recipe's UperNet at toy widths, reading the generated label maps (0 = background,
+    ignored; 1..C = the classes in ibot.scenes order)."""
+    from ibot.scenes import DEFAULT_CLASSES
+
+    cfg = Config.fromfile(path)
+    model = cfg.model
+    assert model.type == "EncoderDecoder" and model.backbone.type == "iBOTViTBackbone"
+    assert model.backbone.out_with_norm is True and model.backbone.pyramid == "deconv"
+    assert model.decode_head.type == "UPerHead" and model.decode_head.in_channels == [model.backbone.embed_dim] * 4
+    assert model.decode_head.num_classes == model.auxiliary_head.num_classes == len(DEFAULT_CLASSES)
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        ds = loader.dataset
+        assert ds.metainfo.classes == DEFAULT_CLASSES and ds.reduce_zero_label is True
+        assert ds.data_root == cfg.data_root
+    assert cfg.optim_wrapper.constructor == "ViTLayerDecayOptimWrapperConstructor"
+    assert cfg.train_cfg.max_iters == cfg.param_scheduler[1].end

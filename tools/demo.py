@@ -2,12 +2,13 @@
 
 1. generate the default scene data set (cached; ``ibot.scenes``);
 2. pretrain a small ViT with iBOT on its images (``pretrain/configs/ibot_vit-tiny_demo.py``);
-3. k-NN transfer of the pretrained teacher and of the same ViT at random initialisation
-   (``tools/transfer_knn.py``, the real harness);
-4. the evaluation suite (``tools/evaluate_backbone.py``: k-NN, linear probe, robustness) on both
-   backbones, with its side-by-side report (``<work-dir>/suite/report.html``);
-5. write ``<work-dir>/report.md`` and a self-contained ``report.html`` that links the suite report.
+3. the whole evaluation suite (``tools/evaluate_backbone.py``: k-NN, linear probe, robustness, Cascade Mask R-CNN
+   detection, UperNet segmentation — the real harnesses, as subprocesses) on the pretrained teacher and on the same
+   ViT at random initialisation, with the suite's side-by-side report (``<work-dir>/suite/report/report.html``);
+4. write ``<work-dir>/report.md`` and a self-contained ``report.html`` (both backbones side by side, the
+   pretraining loss curve, the headline metrics chart) that links the suite, robustness and transfer reports.
 
+Budgets are sized for 2 CPU cores (~15 min in all); with a GPU the model, data and schedules are larger.
 Re-running resumes: finished pretraining and evaluations are reused.
 """
 from __future__ import annotations
@@ -21,6 +22,8 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -31,56 +34,105 @@ from mmengine.config import Config  # noqa: E402
 from ibot.atomic import atomic_write_text  # noqa: E402
 from ibot.scenes import ensure_scenes  # noqa: E402
 from pretrain.engine import train  # noqa: E402
+from transfer.suite import load_data_config  # noqa: E402
+from transfer.suite_report import headline_chart, load_results  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "pretrain", "configs", "ibot_vit-tiny_demo.py")
+SUITE_DATA = os.path.join(ROOT, "transfer", "configs", "suite_scenes.py")
+HARNESSES = ["knn", "linear", "robustness", "det", "seg"]
+BACKBONES = {"iBOT demo": "pretrained", "random init": "random"}  # report name -> which checkpoint
 
 
 def say(msg: str) -> None:
     print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def knn(cfg: Config, data_root: str, out_dir: str, checkpoint: str | None, name: str, workers: int) -> dict:
-    """Run the k-NN harness (a subprocess, as a user would) unless its result already exists."""
-    result = os.path.join(out_dir, "result.json")
-    if os.path.isfile(result):
-        with open(result) as f:
-            return json.load(f)
-    v = cfg.model.vit_overrides
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "transfer_knn.py"), "--dataset", "imagefolder",
-           "--data-root", data_root, "--arch", cfg.model.arch, "--patch-size", str(cfg.model.patch_size),
-           "--img-size", str(cfg.model.img_size), "--model-name", name, "--pretrain-data", "demo scenes",
-           "--num-workers", str(workers), "--output-dir", out_dir, "--no-progress",
-           "--set", f"model.embed_dim={v.embed_dim}", f"model.depth={v.depth}", f"model.num_heads={v.num_heads}",
-           "data.test_split=val", "data.tag=scenes", "ks=[10,20]", "report_k=20"]
-    if checkpoint:
-        cmd += ["--pretrained", checkpoint]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    with open(result) as f:
-        return json.load(f)
+# ------------------------------------------------------------------------------------------------- set-up
+def scene_params(quick: bool, cuda: bool) -> dict[str, Any]:
+    """Size of the generated data set: tiny for tests, larger with a GPU."""
+    if quick:
+        return dict(n_train_per_class=12, n_val_per_class=6, n_scenes_train=16, n_scenes_val=8)
+    if cuda:
+        return dict(n_train_per_class=1000, n_val_per_class=50, n_scenes_train=800, n_scenes_val=100)
+    return dict(n_train_per_class=250, n_val_per_class=50)
 
 
-def suite(cfg: Config, work: str, scenes: str, checkpoints: dict[str, str]) -> str:
-    """Run tools/evaluate_backbone.py for each backbone (resumable), then its side-by-side report."""
+def pretrain_config(data_root: str, workers: int, quick: bool, cuda: bool, epochs: int | None) -> Config:
+    cfg = Config.fromfile(CONFIG)
+    cfg.data.root = os.path.join(data_root, "train")
+    cfg.data.num_workers = workers
+    if cuda:  # a larger default where there is a GPU
+        cfg.model.vit_overrides = dict(embed_dim=192, depth=6, num_heads=3)
+        cfg.train.epochs = 100
+    if quick:
+        cfg.train.epochs, cfg.data.batch_size_per_gpu, cfg.log.interval = 2, 16, 2
+        cfg.loss.warmup_teacher_temp_epochs, cfg.optim.warmup_epochs = 1, 1
+    if epochs:
+        cfg.train.epochs = epochs
+    return cfg
+
+
+def suite_data_config(scenes: Path, out: Path, quick: bool, cuda: bool) -> Path:
+    """``transfer/configs/suite_scenes.py`` on this data set, budgets adjusted, frozen as JSON in the work dir."""
+    old = os.environ.get("IBOT_SCENES_ROOT")
+    os.environ["IBOT_SCENES_ROOT"] = str(scenes)
+    try:
+        cfg = load_data_config(SUITE_DATA)
+    finally:
+        if old is None:
+            os.environ.pop("IBOT_SCENES_ROOT")
+        else:
+            os.environ["IBOT_SCENES_ROOT"] = old
+    det, seg = cfg["det"]["cfg_options"], cfg["seg"]["cfg_options"]
+    if quick:
+        cfg["linear"]["epochs"] = 2
+        cfg["robustness"].update(corruptions=["gaussian_noise"], severities=[3], occlusion_levels=[0.5])
+        det.update({"train_cfg.max_epochs": 1, "param_scheduler.1.milestones": [1]})
+        seg.update({"train_cfg.max_iters": 4, "param_scheduler.0.end": 2, "param_scheduler.1.begin": 2,
+                    "param_scheduler.1.end": 4, "default_hooks.checkpoint.interval": 4})
+    elif cuda:
+        cfg["linear"]["epochs"] = 50
+        cfg["common"]["num_workers"] = 8
+        det.update({"train_cfg.max_epochs": 24, "param_scheduler.1.milestones": [18, 22]})
+        seg.update({"train_cfg.max_iters": 4000, "param_scheduler.1.end": 4000,
+                    "default_hooks.checkpoint.interval": 4000})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(cfg, indent=2) + "\n")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ suite
+def run_suite(cfg: Config, work: Path, data_config: Path, checkpoints: dict[str, str]) -> list[Path]:
+    """tools/evaluate_backbone.py for each backbone (resumable; a failed harness is reported and the rest goes on)."""
     v = cfg.model.vit_overrides
     tool = os.path.join(ROOT, "tools", "evaluate_backbone.py")
     dirs = []
     for name, ckpt in checkpoints.items():
-        out = os.path.join(work, "suite", name.replace(" ", "_"))
+        out = work / "suite" / name.replace(" ", "_")
+        say(f"      {name}: {' '.join(HARNESSES)} (logs under {out})")
         cmd = [sys.executable, tool, ckpt, "--arch", cfg.model.arch, "--patch-size", str(cfg.model.patch_size),
                "--img-size", str(cfg.model.img_size), "--set", f"model.embed_dim={v.embed_dim}",
-               f"model.depth={v.depth}", f"model.num_heads={v.num_heads}", "--suite", "knn", "linear",
-               "robustness", "--data-config", os.path.join(ROOT, "transfer", "configs", "suite_scenes.py"),
-               "--work-dir", out, "--name", name]
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-                       env=dict(os.environ, IBOT_SCENES_ROOT=scenes))  # the demo's data set
+               f"model.depth={v.depth}", f"model.num_heads={v.num_heads}", "--suite", *HARNESSES,
+               "--data-config", str(data_config), "--work-dir", str(out), "--name", name]
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout.splitlines():
+            if line.startswith("[suite]") and ("=" in line or "FAILED" in line or "skipped" in line):
+                say("        " + line[len("[suite] "):])
+        if proc.returncode == 2:  # the checkpoint itself could not be read: nothing ran
+            raise SystemExit(f"evaluate_backbone.py could not start for {name}:\n{proc.stdout[-3000:]}")
         dirs.append(out)
-    report = os.path.join(work, "suite", "report")
-    subprocess.run([sys.executable, tool, "--report", *dirs, "--out", report], check=True, cwd=ROOT,
+    return dirs
+
+
+def suite_report(dirs: list[Path], out: Path) -> Path:
+    tool = os.path.join(ROOT, "tools", "evaluate_backbone.py")
+    subprocess.run([sys.executable, tool, "--report", *map(str, dirs), "--out", str(out)], check=True, cwd=ROOT,
                    stdout=subprocess.DEVNULL)
-    return os.path.join(report, "report.html")
+    return out / "report.html"
 
 
-def loss_curve_png(log_path: str) -> bytes:
+# ----------------------------------------------------------------------------------------------------- report
+def loss_curve_png(log_path: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,50 +150,86 @@ def loss_curve_png(log_path: str) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return buf.getvalue()
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def top1(result: dict) -> float:
-    return float(result["metric"]["value"])
+def comparison_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, list[str], str]]:
+    """(harness, metric, one cell per backbone, difference first - second) for every harness run."""
+    rows = []
+    for h in HARNESSES:
+        entries = [r["harnesses"].get(h, {}) for r in records]
+        if not any(entries):
+            continue
+        metric = next((e.get("metric", "") for e in entries if e.get("status") == "ok"), "")
+        cells = [f"{e['value']:.1f}" if e.get("status") == "ok" else "failed" if e else "—" for e in entries]
+        ok = [e.get("value") for e in entries if e.get("status") == "ok"]
+        diff = f"{ok[0] - ok[1]:+.1f}" if len(ok) == 2 and len(entries) == 2 else ""
+        rows.append((h, metric, cells, diff))
+    return rows
 
 
-def write_report(work_dir: str, cfg: Config, results: dict[str, dict], data_root: str, seconds: float,
-                 suite_report: str) -> str:
-    rows = [(name, top1(r), r["metric"]) for name, r in results.items()]
-    gain = rows[0][1] - rows[1][1]
+def write_report(work: Path, cfg: Config, records: list[dict[str, Any]], scenes: Path, suite_html: Path,
+                 seconds: float, stages: dict[str, float]) -> Path:
     v = cfg.model.vit_overrides
-    lines = [
-        "# iBOT suite demo report", "",
-        f"ViT ({v.embed_dim}-d, {v.depth} blocks, patch {cfg.model.patch_size}) pretrained with iBOT for "
-        f"{cfg.train.epochs} epochs on the generated scene images ({data_root}), then evaluated by k-NN "
-        f"(k=20, T=0.07) on their held-out split — next to the same backbone at random initialisation.", "",
-        "| backbone | k-NN top-1 (%) |", "|---|---|",
-        *[f"| {name} | {acc:.1f} |" for name, acc, _ in rows], "",
-        f"Learning signal: **{gain:+.1f} points** over random initialisation. Total time {seconds / 60:.1f} min.", "",
-        "Pretraining log: `pretrain/log.jsonl`; teacher backbone: `pretrain/teacher_backbone.pth`; "
-        "k-NN results: `knn_*/result.json`.", "",
-        f"Evaluation suite (k-NN, linear probe, robustness) of both backbones: "
-        f"[{os.path.relpath(suite_report, work_dir)}]({os.path.relpath(suite_report, work_dir)}).",
-    ]
-    atomic_write_text(os.path.join(work_dir, "report.md"), "\n".join(lines) + "\n")
-    png = base64.b64encode(loss_curve_png(os.path.join(work_dir, "pretrain", "log.jsonl"))).decode()
-    table = "".join(f"<tr><td>{html.escape(n)}</td><td>{a:.1f}</td></tr>" for n, a, _ in rows)
+    names = [r["name"] for r in records]
+    rows = comparison_rows(records)
+    knn = next((d for h, _, _, d in rows if h == "knn"), "")
+    intro = (f"A ViT ({v.embed_dim}-d, {v.depth} blocks, patch {cfg.model.patch_size}, {cfg.model.img_size} px) "
+             f"pretrained with iBOT for {cfg.train.epochs} epochs on the generated scene images ({scenes}), then "
+             f"taken through the evaluation suite — next to the same backbone at random initialisation.")
+    failed = [(r["name"], h, e) for r in records for h, e in r["harnesses"].items() if e.get("status") != "ok"]
+    rel = lambda p: os.path.relpath(p, work)  # noqa: E731
+    links = {"Suite report (both backbones)": suite_html}
+    for extra, label in (("leaderboard.html", "Transfer leaderboard"),
+                         (os.path.join("robustness_report", "report.html"), "Robustness report")):
+        if (suite_html.parent / extra).is_file():
+            links[label] = suite_html.parent / extra
+    timing = ", ".join(f"{k} {s / 60:.1f} min" for k, s in stages.items())
+
+    md = ["# iBOT suite demo report", "", intro, "",
+          "| harness | metric | " + " | ".join(names) + " | difference |", "|---|---|" + "---|" * (len(names) + 1),
+          *[f"| {h} | {m} | " + " | ".join(c) + f" | {d} |" for h, m, c, d in rows], ""]
+    if knn:
+        md += [f"Learning signal (k-NN, k=20): **{knn} points** over random initialisation.", ""]
+    md += [f"Total time {seconds / 60:.1f} min ({timing}).", "",
+           "Pretraining log: `pretrain/log.jsonl`; teacher backbone: `pretrain/teacher_backbone.pth`; per-backbone "
+           "results: `suite/<backbone>/results.json` (logs in `suite/<backbone>/<harness>/log.txt`).", "",
+           *[f"- [{k}]({rel(p)})" for k, p in links.items()], ""]
+    if failed:
+        md += ["## Failures", "", *[f"- {n} / {h}: {e.get('error')} — log `{e.get('log')}`" for n, h, e in failed], ""]
+    atomic_write_text(work / "report.md", "\n".join(md))
+
+    esc = html.escape
+    table = ("<table><tr><th>harness</th><th>metric</th>" + "".join(f"<th>{esc(n)}</th>" for n in names)
+             + "<th>difference</th></tr>"
+             + "".join(f"<tr><td>{esc(h)}</td><td>{esc(m)}</td>" + "".join(f"<td>{esc(c)}</td>" for c in cells)
+                       + f"<td><b>{esc(d)}</b></td></tr>" for h, m, cells, d in rows) + "</table>")
+    chart = headline_chart(records, [h for h, *_ in rows])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>iBOT suite demo</title>
-<style>body{{font-family:sans-serif;max-width:760px;margin:2em auto}}td,th{{padding:4px 12px;border-bottom:1px solid #ddd}}</style>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{padding:4px 12px;border-bottom:1px solid #ddd;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%}}</style>
 </head><body><h1>iBOT suite demo report</h1>
-<p>{html.escape(lines[2])}</p>
-<table><tr><th>backbone</th><th>k-NN top-1 (%)</th></tr>{table}</table>
-<p>Learning signal: <b>{gain:+.1f} points</b> over random initialisation.</p>
-<p>Evaluation suite (k-NN, linear probe, robustness) of both backbones:
-<a href="{html.escape(os.path.relpath(suite_report, work_dir))}">suite report</a>.</p>
-<h2>Pretraining loss</h2><img alt="iBOT loss curve" src="data:image/png;base64,{png}">
-</body></html>"""
-    out = os.path.join(work_dir, "report.html")
+<p>{esc(intro)}</p>
+{table}
+{f'<p>Learning signal (k-NN, k=20): <b>{esc(knn)} points</b> over random initialisation.</p>' if knn else ''}
+<h2>Headline metrics</h2><img id="headline-chart" alt="headline metric per harness and backbone"
+ src="data:image/png;base64,{chart}">
+<h2>Pretraining loss</h2><img id="loss-curve" alt="iBOT loss curve"
+ src="data:image/png;base64,{loss_curve_png(work / 'pretrain' / 'log.jsonl')}">
+<h2>Reports</h2><ul>{''.join(f'<li><a href="{esc(rel(p))}">{esc(k)}</a></li>' for k, p in links.items())}</ul>
+{'<h2>Failures</h2><ul>' + ''.join(f'<li>{esc(n)} / {esc(h)}: {esc(str(e.get("error")))}</li>'
+                                    for n, h, e in failed) + '</ul>' if failed else ''}
+<p>Total time {seconds / 60:.1f} min ({esc(timing)}).</p>
+</body></html>
+"""
+    out = work / "report.html"
     atomic_write_text(out, page)
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+# ------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default=os.path.join(ROOT, "work_dirs", "demo"))
     p.add_argument("--quick", action="store_true", help="a much shorter run (tests)")
@@ -149,48 +237,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
     t0 = time.time()
+    stages: dict[str, float] = {}
     cuda = torch.cuda.is_available()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    work = Path(args.work_dir).resolve()
 
-    sizes = dict(n_train_per_class=12, n_val_per_class=6) if args.quick else dict(
-        n_train_per_class=250 if not cuda else 1000, n_val_per_class=50)
-    say("1/5 default data: generating (or reusing) the scene data set ...")
-    scenes = ensure_scenes(**sizes)
+    say("1/4 default data: generating (or reusing) the scene data set ...")
+    scenes = ensure_scenes(**scene_params(args.quick, cuda))
     data_root = os.path.join(scenes, "classification")
     say(f"      {scenes}")
 
-    cfg = Config.fromfile(CONFIG)
-    cfg.data.root = os.path.join(data_root, "train")
-    cfg.data.num_workers = args.workers
-    if cuda:  # a larger default where there is a GPU
-        cfg.model.vit_overrides = dict(embed_dim=192, depth=6, num_heads=3)
-        cfg.train.epochs = 100
-    if args.quick:
-        cfg.train.epochs, cfg.data.batch_size_per_gpu, cfg.log.interval = 2, 16, 2
-        cfg.loss.warmup_teacher_temp_epochs, cfg.optim.warmup_epochs = 1, 1
-    if args.epochs:
-        cfg.train.epochs = args.epochs
-    work = os.path.abspath(args.work_dir)
-    say(f"2/5 iBOT pretraining: {cfg.train.epochs} epochs on {'GPU' if cuda else 'CPU'} -> {work}/pretrain")
-    train(cfg, os.path.join(work, "pretrain"), resume=True)
+    cfg = pretrain_config(data_root, args.workers, args.quick, cuda, args.epochs)
+    say(f"2/4 iBOT pretraining: {cfg.train.epochs} epochs on {'GPU' if cuda else 'CPU'} -> {work}/pretrain")
+    t = time.time()
+    train(cfg, str(work / "pretrain"), resume=True)
+    stages["pretraining"] = time.time() - t
 
-    say("3/5 k-NN transfer of the pretrained teacher and of the random-init backbone ...")
-    results = {
-        "iBOT-pretrained (demo)": knn(cfg, data_root, os.path.join(work, "knn_ibot"),
-                                      os.path.join(work, "pretrain", "teacher_backbone.pth"), "iBOT (demo)",
-                                      args.workers),
-        "random initialisation": knn(cfg, data_root, os.path.join(work, "knn_random"), None, "random init",
-                                     args.workers),
-    }
-    say("4/5 evaluation suite (k-NN, linear probe, robustness) on both backbones ...")
-    suite_report = suite(cfg, work, str(scenes), {"iBOT demo": os.path.join(work, "pretrain", "teacher_backbone.pth"),
-                                     "random init": "random"})
-    say("5/5 report ...")
-    out = write_report(work, cfg, results, data_root, time.time() - t0, suite_report)
-    for name, r in results.items():
-        say(f"      k-NN top-1 {top1(r):5.1f} %  {name}")
+    say("3/4 evaluation suite on both backbones (k-NN, linear probe, robustness, detection, segmentation) ...")
+    t = time.time()
+    data_config = suite_data_config(Path(scenes), work / "suite" / "data_config.json", args.quick, cuda)
+    ckpts = {name: str(work / "pretrain" / "teacher_backbone.pth") if which == "pretrained" else "random"
+             for name, which in BACKBONES.items()}
+    dirs = run_suite(cfg, work, data_config, ckpts)
+    suite_html = suite_report(dirs, work / "suite" / "report")
+    stages["evaluation suite"] = time.time() - t
+
+    say("4/4 report ...")
+    records = [load_results(d) for d in dirs]
+    out = write_report(work, cfg, records, Path(scenes), suite_html, time.time() - t0, stages)
+    for h, m, cells, d in comparison_rows(records):
+        say(f"      {h:<10} {m:<22} " + "  ".join(f"{n} {c}" for n, c in zip(BACKBONES, cells))
+            + (f"  ({d})" if d else ""))
+    failed = [(r["name"], h) for r in records for h, e in r["harnesses"].items() if e.get("status") != "ok"]
     say(f"done in {(time.time() - t0) / 60:.1f} min: report at {out}")
+    if failed:
+        say("FAILED harnesses: " + ", ".join(f"{n}/{h}" for n, h in failed) + " (see the report for their logs)")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,8 @@
 #   IBOT_MMCV_CUDA=0|1            force CPU-only / CUDA mmcv ops (default: CUDA when nvcc, a CUDA torch
 #                                 and a visible GPU or an explicit TORCH_CUDA_ARCH_LIST are present)
 #   TORCH_CUDA_ARCH_LIST, MAX_JOBS are passed to the mmcv build.
+#   IBOT_NO_CHROMIUM=1            do not install headless Chromium (the HTML report rendering tests need it;
+#                                 as root on Debian/Ubuntu it is installed with apt-get when missing)
 #
 # Each step logs to .venv/setup-logs/<step>.log; on failure the step name and the log tail are printed.
 set -euo pipefail
@@ -55,9 +57,36 @@ stamp_value() {
   echo "${IBOT_SYSTEM_TORCH:-0}"
 }
 
+# Headless Chromium renders the HTML reports in the tests. A system package, so installed only where this can
+# (root + apt-get); otherwise say so: the rendering tests then fail naming what to install.
+have_chromium() {
+  for c in "${CHROMIUM:-}" chromium chromium-browser google-chrome chrome headless_shell; do
+    [ -n "$c" ] && command -v "$c" >/dev/null 2>&1 && return 0
+  done
+  return 1
+}
+ensure_chromium() {
+  have_chromium && return 0
+  [ "${IBOT_NO_CHROMIUM:-0}" = 1 ] && { echo "[setup] chromium: not installed (IBOT_NO_CHROMIUM=1)"; return 0; }
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    mkdir -p "$LOG_DIR"
+    printf '[setup] chromium (for the report tests) ... '
+    local t=$(date +%s)
+    if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           chromium fonts-dejavu-core; } >"$LOG_DIR/chromium.log" 2>&1 && have_chromium; then
+      printf 'ok (%ss)\n' "$(( $(date +%s) - t ))"
+      return 0
+    fi
+    printf 'FAILED (log: %s)\n' "$LOG_DIR/chromium.log"
+  fi
+  echo "[setup] WARNING: no headless Chromium; the HTML report rendering tests will fail." \
+       "Install it (e.g. apt-get install -y chromium) or set \$CHROMIUM to a chrome / headless_shell binary." >&2
+}
+
 # ---------------------------------------------------------------- fast path
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$(stamp_value)" ]; then
   if "$VENV/bin/python" -c "import torch, mmcv.ops, mmdet, mmseg, timm, ibot.compat.imagecorruptions" >/dev/null 2>&1; then
+    ensure_chromium
     echo "[setup] environment in place ($VENV); nothing to do ($(( $(date +%s) - T0 ))s)"
     exit 0
   fi
@@ -176,6 +205,7 @@ PY
 }
 run_step check check_stack
 cat "$LOG_DIR/check.log"
+ensure_chromium
 
 stamp_value >"$STAMP"
 step_no=$((step_no + 1))

@@ -139,7 +139,8 @@ def prepare_backbone(args: SuiteArgs) -> dict[str, Any]:
     existing = load_file(out) if out.is_file() else {}
     if existing.keys() != sd.keys() or any(not torch.equal(v, existing[k]) for k, v in sd.items()):
         save_file(sd, out)  # rewritten only when it changes, so the transfer tools' feature caches stay valid
-    source.update(backbone=str(out), backbone_sha256=_sha256(out))
+    source.update(backbone=str(out), backbone_sha256=_sha256(out), embed_dim=int(model.embed_dim),
+                  depth=len(model.blocks), num_heads=int(model.blocks[0].attn.num_heads))
     return source
 
 
@@ -298,34 +299,52 @@ def _robustness_headline(summary: dict[str, Any], results: dict[str, Any]) -> tu
     return "mean shifted top-1", 100.0 * sum(accs) / len(accs)
 
 
-def _dense(h: str, args: SuiteArgs, backbone: str, out: Path, log: Path) -> dict[str, Any]:
+def _dense_shape_options(h: str, args: SuiteArgs, source: dict[str, Any]) -> dict[str, Any]:
+    """Backbone shape of the evaluated checkpoint, and the input widths of the modules that read its feature maps
+    (every pyramid level has ``embed_dim`` channels), so one det / seg config serves any ViT size."""
+    d = source["embed_dim"]
+    opts: dict[str, Any] = {"model.backbone.arch": args.arch, "model.backbone.patch_size": args.patch_size,
+                            "model.backbone.embed_dim": d, "model.backbone.depth": source["depth"],
+                            "model.backbone.num_heads": source["num_heads"]}
+    if h == "det":
+        opts["model.neck.in_channels"] = [d] * 4
+    else:
+        opts.update({"model.decode_head.in_channels": [d] * 4, "model.auxiliary_head.in_channels": d})
+    return opts
+
+
+def _dense(h: str, args: SuiteArgs, source: dict[str, Any], out: Path, log: Path) -> dict[str, Any]:
     cfg = _section(args.data_config, h)
     if "config" not in cfg:
         raise HarnessError(f"the '{h}' section needs config= (an mmdet / mmseg config)")
-    opts = dict(cfg.get("cfg_options", {}))
-    opts.update({"model.backbone.arch": args.arch})
-    if backbone:
-        opts["model.backbone.init_cfg.checkpoint"] = backbone
-    dist = ["--launcher", "pytorch"] if args.launcher == "pytorch" else []
+    opts = _dense_shape_options(h, args, source) if cfg.get("shape_from_checkpoint", True) else {}
+    opts.update(cfg.get("cfg_options", {}))
+    opts["model.backbone.init_cfg.checkpoint"] = source["backbone"]
+    common = ["--work-dir", str(out / "train")]
+    if cfg.get("data_root"):
+        common += ["--data-root", str(cfg["data_root"])]
+    if args.launcher == "pytorch":
+        common += ["--launcher", "pytorch"]
     work = out / "train"
-    if not (work / "last_checkpoint").is_file() or not cfg.get("resume", True):
-        _run(_launch(args, "tools/train.py") + [cfg["config"], "--work-dir", str(work), *dist,
-                                                "--cfg-options", *_set_list(opts)], log)
-    else:
-        _run(_launch(args, "tools/train.py") + [cfg["config"], "--work-dir", str(work), "--resume", *dist,
-                                                "--cfg-options", *_set_list(opts)], log)
+    train_only = ["--resume"] if (work / "last_checkpoint").is_file() and cfg.get("resume", True) else []
+    if cfg.get("amp"):
+        train_only += ["--amp", str(cfg["amp"])]
+    _run(_launch(args, "tools/train.py") + [cfg["config"], *common, *train_only, "--cfg-options", *_set_list(opts)],
+         log)
     ckpt = (work / "last_checkpoint").read_text().strip()
     metrics_file = out / "metrics.json"
     test_opts = {k: v for k, v in opts.items() if k != "model.backbone.init_cfg.checkpoint"}
-    _run(_launch(args, "tools/test.py") + [cfg["config"], ckpt, "--work-dir", str(work), *dist,
-                                           "--metrics-json", str(metrics_file),
+    _run(_launch(args, "tools/test.py") + [cfg["config"], ckpt, *common, "--metrics-json", str(metrics_file),
                                            "--cfg-options", *_set_list(test_opts)], log)
     metrics = json.loads(metrics_file.read_text())
     metric = cfg.get("metric", "coco/bbox_mAP" if h == "det" else "mIoU")
     if metric not in metrics:
         raise HarnessError(f"metric {metric!r} not in {metrics_file}: {sorted(metrics)}")
     value = float(metrics[metric])
-    return {"metric": metric, "value": 100.0 * value if value <= 1.0 and "mAP" in metric else value,
+    extra = cfg.get("extra_metrics", ["coco/bbox_mAP_50", "coco/segm_mAP"] if h == "det" else ["aAcc", "mAcc"])
+    return {"metric": metric, "value": 100.0 * value if "coco/" in metric else value,
+            "extra": {k: (100.0 * float(metrics[k]) if "coco/" in k else float(metrics[k]))
+                      for k in extra if k in metrics},
             "result": str(metrics_file), "checkpoint": ckpt}
 
 
@@ -368,7 +387,7 @@ def run_suite(args: SuiteArgs, log=print) -> dict[str, Any]:
             elif h == "robustness":
                 entry = _robustness(args, source["backbone"], out, logfile)
             else:
-                entry = _dense(h, args, source["backbone"], out, logfile)
+                entry = _dense(h, args, source, out, logfile)
         except Exception as exc:  # noqa: BLE001 - every failure is reported, the suite goes on
             with open(logfile, "a") as fh:
                 fh.write(f"[suite] {h} failed: {type(exc).__name__}: {exc}\n")

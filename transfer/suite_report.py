@@ -18,7 +18,7 @@ from typing import Any
 
 from transfer.suite import HARNESSES, ROOT
 
-__all__ = ["load_results", "write_report"]
+__all__ = ["headline_chart", "load_results", "write_report"]
 
 
 def load_results(work_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -28,7 +28,8 @@ def load_results(work_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _bar_chart(records: list[dict[str, Any]], harnesses: list[str]) -> str:
+def headline_chart(records: list[dict[str, Any]], harnesses: list[str]) -> str:
+    """Grouped bars of each harness's headline metric per backbone, as a base64 PNG (for ``data:`` URLs)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +122,7 @@ def write_report(work_dirs: list[str | os.PathLike[str]], out_dir: str | os.Path
     md.append("")
     (out / "report.md").write_text("\n".join(md))
 
-    png = _bar_chart(records, harnesses) if harnesses else None
+    png = headline_chart(records, harnesses) if harnesses else None
     esc = html.escape
     table = ("<table><tr><th>harness</th><th>metric</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>"
              + "".join(f"<tr><td>{esc(h)}</td><td>{esc(str(m))}</td>"
