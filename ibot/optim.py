@@ -1,11 +1,17 @@
 """Update rules of the official iBOT step: parameter groups, per-parameter clipping, last-layer
-freezing and the EMA teacher — vectorised with ``torch._foreach_*`` and free of host syncs."""
+freezing and the EMA teacher — vectorised with ``torch._foreach_*`` and free of host syncs.
+
+Parameters and gradients may be FSDP2 shards (``DTensor``, ``Shard(0)`` on a 1-D mesh): clipping then
+reduces each parameter's norm over its shards, and the EMA runs on matching local shards.
+"""
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed.tensor import DTensor, Shard
 
 
 def param_groups(model: nn.Module) -> list[dict]:
@@ -32,12 +38,38 @@ def clip_gradients(params: Iterable[Tensor], clip: float) -> Tensor | None:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return None
-    norms = torch._foreach_norm(grads, 2)
+    local = _local(grads)
+    norms = _full_norms(grads, torch._foreach_norm(local, 2))
     # Official: grad *= clip / (norm + 1e-6) only when that factor is < 1; multiplying by exactly 1
     # otherwise leaves the gradient bit-identical.
     coefs = [torch.clamp(clip / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, coefs)
+    torch._foreach_mul_(local, coefs)
     return torch.stack(norms)
+
+
+def _local(tensors: list[Tensor]) -> list[Tensor]:
+    """Local shards of DTensors (views: in-place ops write the shards), other tensors as they are."""
+    return [t.to_local() if isinstance(t, DTensor) else t for t in tensors]
+
+
+def _full_norms(tensors: list[Tensor], local_norms: list[Tensor]) -> list[Tensor]:
+    """Norms of whole tensors from the norms of their local shards: one all-reduce of the squares
+    for all sharded tensors (instead of one collective per parameter with ``DTensor.norm``)."""
+    sharded = [i for i, t in enumerate(tensors) if isinstance(t, DTensor)]
+    if not sharded:
+        return local_norms
+    mesh = tensors[sharded[0]].device_mesh
+    for i in sharded:
+        t = tensors[i]
+        if t.device_mesh != mesh or not all(isinstance(p, Shard) for p in t.placements):
+            raise ValueError("per-parameter clipping supports tensors sharded on one mesh (FSDP), got "
+                             f"{t.placements} on {t.device_mesh}")
+    squares = torch.stack([local_norms[i] for i in sharded]).square()
+    dist.all_reduce(squares, group=mesh.get_group())
+    full = list(local_norms)
+    for i, n in zip(sharded, squares.sqrt().unbind()):
+        full[i] = n
+    return full
 
 
 def cancel_last_layer_gradients(model: nn.Module, epoch: int, freeze_last_layer: int) -> None:
@@ -59,11 +91,24 @@ def shared_parameters(student: nn.Module, teacher: nn.Module) -> tuple[list[Tens
         if s[n].shape != t[n].shape:
             raise ValueError(f"student and teacher parameter {n!r} differ in shape: "
                              f"{tuple(s[n].shape)} vs {tuple(t[n].shape)}")
+        if _layout(s[n]) != _layout(t[n]):
+            raise ValueError(f"student and teacher parameter {n!r} are sharded differently: "
+                             f"{_layout(s[n])} vs {_layout(t[n])} (shard both networks alike)")
     return [s[n] for n in names], [t[n] for n in names]
+
+
+def _layout(t: Tensor) -> tuple | None:
+    """(mesh, placements) of a DTensor, None for a plain tensor."""
+    return (t.device_mesh, t.placements) if isinstance(t, DTensor) else None
 
 
 @torch.no_grad()
 def ema_update(student_params: list[Tensor], teacher_params: list[Tensor], momentum: float) -> None:
-    """teacher = m · teacher + (1 − m) · student, in the official operation order."""
-    torch._foreach_mul_(teacher_params, momentum)
-    torch._foreach_add_(teacher_params, torch._foreach_mul(student_params, 1.0 - momentum))
+    """teacher = m · teacher + (1 − m) · student, in the official operation order.
+
+    FSDP shards are updated locally (``shared_parameters`` checks both are sharded alike); the local
+    views are taken on every call because FSDP may replace a parameter's local storage at lazy init.
+    """
+    teacher, student = _local(teacher_params), _local(student_params)
+    torch._foreach_mul_(teacher, momentum)
+    torch._foreach_add_(teacher, torch._foreach_mul(student, 1.0 - momentum))

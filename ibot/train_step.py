@@ -71,6 +71,20 @@ def teacher_pass(teacher: iBOTModel, glob: Tensor, idx: Tensor | None) -> tuple[
             teacher.head.last_layer2(z[:, 1:].mean(dim=1)))
 
 
+class TeacherPass(nn.Module):
+    """``teacher_pass`` as a module (what FSDP shards: its hooks gather the teacher's parameters).
+
+    forward(glob (G, 3, H, W), idx (G, M) | None) -> as ``teacher_pass``.
+    """
+
+    def __init__(self, teacher: iBOTModel) -> None:
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, glob: Tensor, idx: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        return teacher_pass(self.teacher, glob, idx)
+
+
 @dataclass
 class iBOTTrainStep:
     """Callable performing one official iBOT iteration.
@@ -89,6 +103,8 @@ class iBOTTrainStep:
         scaler: a ``torch.amp.GradScaler`` for fp16.
         student_pass: the student's forward as one module — pass ``DDP(StudentPass(student, ...))``
             for multi-process training (DDP must see the whole forward); default unwrapped.
+        teacher_forward: the teacher's forward as one module — pass a sharded ``TeacherPass(teacher)``
+            under FSDP; default unwrapped.
     """
 
     student: iBOTModel
@@ -105,12 +121,15 @@ class iBOTTrainStep:
     autocast_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
     student_pass: nn.Module | None = None
+    teacher_forward: nn.Module | None = None
     _ema: tuple[list[Tensor], list[Tensor]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._ema = shared_parameters(self.student, self.teacher)
         if self.student_pass is None:
             self.student_pass = StudentPass(self.student, self.head_on_masked_only)
+        if self.teacher_forward is None:
+            self.teacher_forward = TeacherPass(self.teacher)
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None:
@@ -133,7 +152,7 @@ class iBOTTrainStep:
             # check=False: no host sync; the bound comes from max_masked_tokens (proven, tested).
             idx, weight = mask_to_indices(mask, m, check=False)
         with self._autocast(glob.device):
-            t_cls, t_patch, t_mean = teacher_pass(self.teacher, glob, idx)  # official order: teacher first
+            t_cls, t_patch, t_mean = self.teacher_forward(glob, idx)  # official order: teacher first
             s_cls, s_local, s_patch = self.student_pass(glob, mask, images[ng:], idx)
         if weight is None:
             weight = mask.flatten(1).float()
@@ -151,12 +170,14 @@ class iBOTTrainStep:
                 group["weight_decay"] = float(self.wd_schedule[it])
         out = self.forward_loss(images, masks, epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        params = [p for p in self.student.parameters() if p.requires_grad]
         if self.scaler is not None:
             self.scaler.scale(out["loss"]).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             out["loss"].backward()
+        # Listed after backward: between forward and backward FSDP registers gathered copies in place
+        # of the sharded parameters (whose gradients the optimizer reads).
+        params = [p for p in self.student.parameters() if p.requires_grad]
         if self.clip_grad:
             clip_gradients(params, self.clip_grad)
         cancel_last_layer_gradients(self.student, epoch, self.freeze_last_layer)

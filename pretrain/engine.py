@@ -1,9 +1,14 @@
 """The iBOT pretraining loop: builds everything from a config, trains, checkpoints, resumes.
 
 One iteration is ``ibot.train_step.iBOTTrainStep`` (the official step, parity-tested). Around it:
-DDP over the student pass, seeded per-sample data, atomic checkpoints with the full training state
-(bit-identical resume), logging at an interval (the only host sync), a non-finite-loss stop that
+data parallelism over processes, seeded per-sample data, atomic checkpoints with the full training
+state (bit-identical resume), logging at an interval (the only host sync), a non-finite-loss stop that
 keeps the last good checkpoint, and an export of the teacher backbone at the end.
+
+``train.parallel``: ``'ddp'`` (default) wraps the student pass in DDP, each process holding full
+replicas; ``'fsdp'`` shards student, teacher, gradients and optimizer state with FSDP2
+(``pretrain/fsdp.py``), for models whose replicas do not fit (ViT-L). Both give the same losses up to
+float rounding and write the same checkpoint files (full state dicts), so a run resumes under either.
 """
 from __future__ import annotations
 
@@ -24,11 +29,20 @@ from ibot.masking import MaskGenerator, max_masked_tokens
 from ibot.model import build_student_teacher
 from ibot.optim import param_groups
 from ibot.schedules import cosine_scheduler
-from ibot.train_step import StudentPass, iBOTTrainStep
+from ibot.train_step import StudentPass, TeacherPass, iBOTTrainStep
+from ibot.vit import build_vit, iBOTViT
 from pretrain.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, sample_seed, scan_images
 from pretrain.gpu_augment import BatchedMultiCrop
 from pretrain.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, shutdown
+from pretrain.fsdp import (
+    PARALLEL_MODES,
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+    shard_student_teacher,
+)
 from pretrain.knn_monitor import KNNMonitor
 from pretrain.monitor import Monitor, train_flops_per_image
 
@@ -47,6 +61,29 @@ def _amp(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
     if amp is None or device.type != "cuda":
         return None, False
     return (torch.bfloat16, False) if amp == "bf16" else (torch.float16, True)
+
+
+def _sharded(cfg: Config, env: DistEnv) -> bool:
+    """Whether this run shards with FSDP (``train.parallel='fsdp'`` and more than one process)."""
+    mode = cfg.train.get("parallel", "ddp")  # configs dumped before the option existed lack it
+    if mode not in PARALLEL_MODES:
+        raise ValueError(f"train.parallel must be one of {PARALLEL_MODES}, got {mode!r}")
+    if mode == "fsdp" and env.world == 1:
+        log.warning("train.parallel='fsdp' with one process: nothing to shard, training unwrapped")
+    return mode == "fsdp" and env.world > 1
+
+
+def _wrap(student: torch.nn.Module, teacher: torch.nn.Module, head_on_masked_only: bool, sharded: bool,
+          env: DistEnv) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(student pass, teacher pass) as the step calls them: DDP over the student pass, or both
+    sharded in place (FSDP), or plain for one process."""
+    spass, tpass = StudentPass(student, head_on_masked_only), TeacherPass(teacher)
+    if sharded:
+        shard_student_teacher(spass, tpass, env.device, env.world)
+    elif env.world > 1:
+        cuda = env.device.type == "cuda"
+        return DistributedDataParallel(spass, device_ids=[env.local_rank] if cuda else None), tpass
+    return spass, tpass
 
 
 def build_loader(cfg: Config, env: DistEnv) -> tuple[DataLoader, ResumableBatchSampler]:
@@ -90,7 +127,8 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
     epochs = cfg.train.epochs
     total = epochs * niter
 
-    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank (teacher is not DDP)
+    # Identical initial weights on every rank: the teacher is not DDP, and FSDP shards each rank's copy.
+    torch.manual_seed(cfg.train.seed)
     student, teacher = build_student_teacher(**cfg.model)
     torch.manual_seed(cfg.train.seed + env.rank)  # drop-path draws differ per rank, like the official
     student.to(env.device)
@@ -103,6 +141,11 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
         lo.warmup_teacher_temp_epochs, epochs, lambda1=lo.lambda1, lambda2=lo.lambda2,
         mim_start_epoch=cfg.masking.pred_start_epoch).to(env.device)
     cuda = env.device.type == "cuda"
+    sharded = _sharded(cfg, env)
+    # Before the optimizer: FSDP replaces the parameters with sharded ones.
+    spass, tpass = _wrap(student, teacher, cfg.train.head_on_masked_only, sharded, env)
+    if sharded and env.is_main:
+        print(f"FSDP: student and teacher sharded over {env.world} processes", flush=True)
     optimizer = torch.optim.AdamW(param_groups(student), **({"fused": True} if cuda else {"foreach": True}))
     batch = cfg.data.batch_size_per_gpu * env.world
     lr = cosine_scheduler(o.lr * batch / 256.0, o.min_lr, epochs, niter, warmup_epochs=o.warmup_epochs)
@@ -111,9 +154,6 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
     dtype, use_scaler = _amp(cfg, env.device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
-    spass: torch.nn.Module = StudentPass(student, cfg.train.head_on_masked_only)
-    if env.world > 1:
-        spass = DistributedDataParallel(spass, device_ids=[env.local_rank] if cuda else None)
     if cfg.train.compile:
         spass = torch.compile(spass)
     grid = a.global_crop_size // cfg.model.patch_size
@@ -121,14 +161,14 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
         student, teacher, loss, optimizer, lr, wd, mom, clip_grad=o.clip_grad,
         freeze_last_layer=o.freeze_last_layer, head_on_masked_only=cfg.train.head_on_masked_only,
         max_masked=max_masked_tokens((grid, grid), cfg.masking.pred_ratio, cfg.masking.pred_ratio_var),
-        autocast_dtype=dtype, scaler=scaler, student_pass=spass)
+        autocast_dtype=dtype, scaler=scaler, student_pass=spass, teacher_forward=tpass)
 
     start = 0
     ckpt_path = latest_checkpoint(work_dir) if resume is True else (resume or None)
     if resume is False and latest_checkpoint(work_dir):
         raise FileExistsError(f"{work_dir} already holds checkpoints; resume, or choose another work dir")
     if ckpt_path:
-        start = _restore(ckpt_path, student, teacher, loss, optimizer, scaler, env)
+        start = _restore(ckpt_path, student, teacher, loss, optimizer, scaler, sharded, env)
         if env.is_main:
             print(f"resumed from {ckpt_path} at iteration {start}/{total}", flush=True)
     knn_cfg = dict(cfg.monitor.knn)
@@ -173,23 +213,42 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
                     acc.zero_()
                     n_acc = 0
                 if ckpt_due:
-                    _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sampler, env)
+                    _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sharded, env)
             if knn_on and ((epoch + 1) % knn_every == 0 or epoch + 1 == epochs):
+                backbone = _knn_backbone(cfg, teacher, sharded, env)  # a collective under FSDP
                 if knn is not None:
-                    top1 = knn(teacher.backbone, env.device)
+                    top1 = knn(backbone, env.device)
                     monitor.log_scalars(it, {"knn_top1": top1})
                     record = {**record, "knn_top1": top1}
                 barrier(env)
     finally:
         monitor.close()
+    teacher_sd = full_model_state(teacher) if sharded else teacher.state_dict()  # FSDP: a collective
     if env.is_main:
         path = os.path.join(work_dir, "teacher_backbone.pth")
-        sd = {k[len("backbone."):]: v.detach().cpu() for k, v in teacher.state_dict().items()
-              if k.startswith("backbone.")}
-        save_file({"state_dict": sd}, path)
+        save_file({"state_dict": _backbone_state(teacher_sd)}, path)
         print(f"done: {it} iterations; teacher backbone for downstream use: {path}", flush=True)
     barrier(env)
     return record
+
+
+def _backbone_state(model_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("backbone."):]: v.detach().cpu() for k, v in model_sd.items() if k.startswith("backbone.")}
+
+
+def _knn_backbone(cfg: Config, teacher: torch.nn.Module, sharded: bool, env: DistEnv) -> iBOTViT | None:
+    """The teacher backbone for the k-NN monitor on rank 0. Under FSDP the shards are gathered (all
+    ranks call this) into a plain copy: the monitor runs on rank 0 alone, and a sharded forward would
+    wait for the other ranks."""
+    if not sharded:
+        return teacher.backbone
+    sd = full_model_state(teacher)
+    if not env.is_main:
+        return None
+    m = cfg.model
+    vit = build_vit(m.arch, patch_size=m.patch_size, img_size=m.img_size, **dict(m.vit_overrides))
+    vit.load_state_dict(_backbone_state(sd))
+    return vit.to(env.device)
 
 
 def _log(monitor: Monitor, acc: torch.Tensor, n: int, bad_files: torch.Tensor, step: iBOTTrainStep,
@@ -221,24 +280,40 @@ def _rng_states(env: DistEnv) -> list[torch.Tensor]:
     return [s for per_rank in gathered for s in per_rank]  # flattened, rank-major
 
 
-def _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sampler, env) -> None:
+def _weights(student, teacher, optimizer, sharded: bool, env: DistEnv) -> dict:
+    """student, teacher and optimizer state dicts on rank 0 as DDP writes them (under FSDP gathered
+    from the shards: a collective); ``{}`` on the other ranks."""
+    if sharded:
+        return dict(student=full_model_state(student), teacher=full_model_state(teacher),
+                    optimizer=full_optimizer_state(student, optimizer))
+    if not env.is_main:
+        return {}
+    return dict(student=student.state_dict(), teacher=teacher.state_dict(), optimizer=optimizer.state_dict())
+
+
+def _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sharded, env) -> None:
     rng = _rng_states(env)  # a collective: every rank calls it
+    weights = _weights(student, teacher, optimizer, sharded, env)
     if env.is_main:
         state = dict(
-            student=student.state_dict(), teacher=teacher.state_dict(), ibot_loss=loss.state_dict(),
-            optimizer=optimizer.state_dict(), fp16_scaler=scaler.state_dict() if scaler else None,
+            **weights, ibot_loss=loss.state_dict(), fp16_scaler=scaler.state_dict() if scaler else None,
             epoch=it // niter, iteration=it, sampler=dict(epoch=it // niter, batch=it % niter),
             rng=rng, world_size=env.world, config=cfg.to_dict())
         save_checkpoint(state, work_dir, cfg.checkpoint.keep_last, cfg.checkpoint.saveckp_freq, niter)
     barrier(env)
 
 
-def _restore(path, student, teacher, loss, optimizer, scaler, env: DistEnv) -> int:
-    state = load_checkpoint(path)
-    student.load_state_dict(state["student"])
-    teacher.load_state_dict(state["teacher"])
+def _restore(path, student, teacher, loss, optimizer, scaler, sharded: bool, env: DistEnv) -> int:
+    state = load_checkpoint(path)  # every rank reads the full state; FSDP keeps its own shards
+    if sharded:
+        load_full_model_state(student, state["student"])
+        load_full_model_state(teacher, state["teacher"])
+        load_full_optimizer_state(student, optimizer, state["optimizer"])
+    else:
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        optimizer.load_state_dict(state["optimizer"])
     loss.load_state_dict(state["ibot_loss"])
-    optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("fp16_scaler"):
         scaler.load_state_dict(state["fp16_scaler"])
     per_rank = 2 if env.device.type == "cuda" else 1
