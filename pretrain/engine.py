@@ -7,7 +7,7 @@ keeps the last good checkpoint, and an export of the teacher backbone at the end
 
 ``train.parallel``: ``'ddp'`` (default) wraps the student pass in DDP, each process holding full
 replicas; ``'fsdp'`` shards student, teacher, gradients and optimizer state with FSDP2
-(``pretrain/fsdp.py``), for models whose replicas do not fit (ViT-L). Both give the same losses up to
+(``pretrain/fsdp.py``) to save the memory of those replicas (ViT-L). Both give the same losses up to
 float rounding and write the same checkpoint files (full state dicts), so a run resumes under either.
 """
 from __future__ import annotations
@@ -99,9 +99,12 @@ def build_loader(cfg: Config, env: DistEnv) -> tuple[DataLoader, ResumableBatchS
     ds = PretrainDataset(paths, aug, masks, cfg.model.patch_size, a.global_crops_number,
                          seed=cfg.train.seed, on_bad_file=d.on_bad_file, gpu_augment_side=side)
     sampler = ResumableBatchSampler(len(ds), d.batch_size_per_gpu, env.rank, env.world, seed=cfg.train.seed)
+    # A generator of its own: each new iterator (every epoch, and on resume mid-epoch) would otherwise
+    # draw from the global RNG and shift the drop-path stream, so a resumed run would diverge.
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
                         pin_memory=env.device.type == "cuda", persistent_workers=False,
-                        prefetch_factor=4 if d.num_workers else None)
+                        prefetch_factor=4 if d.num_workers else None,
+                        generator=torch.Generator().manual_seed(cfg.train.seed))
     return loader, sampler
 
 
@@ -280,12 +283,13 @@ def _rng_states(env: DistEnv) -> list[torch.Tensor]:
     return [s for per_rank in gathered for s in per_rank]  # flattened, rank-major
 
 
-def _weights(student, teacher, optimizer, sharded: bool, env: DistEnv) -> dict:
+def _weights(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             sharded: bool, env: DistEnv) -> dict:
     """student, teacher and optimizer state dicts on rank 0 as DDP writes them (under FSDP gathered
     from the shards: a collective); ``{}`` on the other ranks."""
     if sharded:
         return dict(student=full_model_state(student), teacher=full_model_state(teacher),
-                    optimizer=full_optimizer_state(student, optimizer))
+                    optimizer=full_optimizer_state(optimizer))
     if not env.is_main:
         return {}
     return dict(student=student.state_dict(), teacher=teacher.state_dict(), optimizer=optimizer.state_dict())
@@ -308,7 +312,7 @@ def _restore(path, student, teacher, loss, optimizer, scaler, sharded: bool, env
     if sharded:
         load_full_model_state(student, state["student"])
         load_full_model_state(teacher, state["teacher"])
-        load_full_optimizer_state(student, optimizer, state["optimizer"])
+        load_full_optimizer_state(optimizer, state["optimizer"])
     else:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])

@@ -155,10 +155,11 @@ def test_one_vs_two_processes_same_losses(tmp_path: Path, image_root: Path) -> N
 
 
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path, image_root: Path) -> None:
-    _finish(_run(tmp_path / "ref", image_root, resume=False))
+    drop_path = "model.drop_path_rate=0.1"  # random draws: the resumed RNG stream must continue exactly
+    _finish(_run(tmp_path / "ref", image_root, drop_path, resume=False))
     work = tmp_path / "killed"
     for kill_after in (2, 5):  # kill twice, at different iterations
-        proc = _run(work, image_root)
+        proc = _run(work, image_root, drop_path)
         deadline = time.time() + 120
         while time.time() < deadline and len(list_checkpoints(str(work))) < kill_after:
             time.sleep(0.01)
@@ -166,7 +167,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path, image_root: Pat
         proc.communicate()
         assert proc.returncode == -signal.SIGKILL
     assert 0 < load_checkpoint(latest_checkpoint(str(work)))["iteration"] < 8
-    out = _finish(_run(work, image_root))
+    out = _finish(_run(work, image_root, drop_path))
     assert "resumed from" in out
     ref = load_checkpoint(latest_checkpoint(str(tmp_path / "ref")))
     got = load_checkpoint(latest_checkpoint(str(work)))

@@ -39,6 +39,9 @@ train = dict(
     amp="bf16",  # 'bf16' | 'fp16' (GradScaler) | None (fp32); CPU runs fall back to fp32
     compile=False,
     head_on_masked_only=True,
+    # 'ddp': full replicas per process | 'fsdp': FSDP2 shards weights, gradients and optimizer state
+    # (same losses and checkpoint files; resume under either)
+    parallel="ddp",
 )
 checkpoint = dict(interval_iters=0, keep_last=2, saveckp_freq=40)  # interval 0: at epoch ends only
 log = dict(interval=10, tensorboard=True)
