@@ -260,10 +260,10 @@ def test_det_and_seg_follow_the_checkpoint_shape(tmp_path) -> None:
                for k, v in (("num_workers", 0), ("persistent_workers", False), ("batch_size", 2))}
     cfg = data_config(
         scenes, tmp_path / "data.json",
-        det=dict(config="det/configs/cascade-mask-rcnn_vit-ibot_deconv-fpn_4conv1fc-giou_ld0.8_1xb8-4e_scenes-128.py",
+        det=dict(config="det/configs/cascade-mask-rcnn_vit-ibot_deconv-fpn_4conv1fc-giou_ld0.8_1xb8-3e_scenes-128.py",
                  data_root=str(scenes / "coco"),
                  cfg_options={**loaders, "train_cfg.max_epochs": 1, "train_cfg.val_begin": 10**6}),
-        seg=dict(config="seg/configs/upernet_vit-ibot_deconv-ln_ld0.9_1xb8-300it_scenes-128.py",
+        seg=dict(config="seg/configs/upernet_vit-ibot_deconv-ln_ld0.9_1xb8-200it_scenes-128.py",
                  data_root=str(scenes / "ade"),
                  cfg_options={**loaders, "train_cfg.max_iters": 2, "train_cfg.val_begin": 10**6,
                               "default_hooks.checkpoint.interval": 2}))

@@ -16,6 +16,6 @@ augmentation = dict(local_crops_number=4, global_crops_scale=(0.3, 1.0), local_c
                     global_crop_size=64, local_crop_size=32)
 data = dict(root=None, batch_size_per_gpu=64, num_workers=2)
 optim = dict(lr=5e-4, warmup_epochs=2, momentum_teacher=0.996, freeze_last_layer=1)
-train = dict(epochs=12, amp="bf16")
+train = dict(epochs=8, amp="bf16")  # measured: k-NN peaks by ~200 iterations at this scale
 checkpoint = dict(interval_iters=50, keep_last=1)
 log = dict(interval=10, tensorboard=False)

@@ -33,10 +33,10 @@ linear = dict(epochs=10, batch_size=32, options={"lrs": [0.001, 0.01, 0.1]})
 finetune = dict(epochs=3, batch_size=32)
 # Detection / segmentation fine-tuning at demo scale (the configs' docstrings say what they keep of the recipes);
 # the suite sets the backbone shape and neck / head input widths from the checkpoint.
-det = dict(config="det/configs/cascade-mask-rcnn_vit-ibot_deconv-fpn_4conv1fc-giou_ld0.8_1xb8-4e_scenes-128.py",
+det = dict(config="det/configs/cascade-mask-rcnn_vit-ibot_deconv-fpn_4conv1fc-giou_ld0.8_1xb8-3e_scenes-128.py",
            data_root=str(_root / "coco"), metric="coco/bbox_mAP",
            cfg_options={"train_cfg.val_begin": 10**6})  # no validation while training: tools/test.py evaluates
-seg = dict(config="seg/configs/upernet_vit-ibot_deconv-ln_ld0.9_1xb8-300it_scenes-128.py",
+seg = dict(config="seg/configs/upernet_vit-ibot_deconv-ln_ld0.9_1xb8-200it_scenes-128.py",
            data_root=str(_root / "ade"), metric="mIoU",
            cfg_options={"train_cfg.val_begin": 10**6})
 common = dict(device="auto", num_workers=0)

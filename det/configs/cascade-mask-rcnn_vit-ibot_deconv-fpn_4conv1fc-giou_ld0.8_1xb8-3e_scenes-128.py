@@ -15,7 +15,7 @@ classes = ('cross', 'disk', 'ellipse', 'hexagon', 'ring', 'square', 'star', 'tri
 num_classes = len(classes)
 embed_dim = 96
 width = 64  # FPN / head channels (the paper recipe: 256)
-max_epochs = 4  # a CPU demo budget: raise it with --cfg-options train_cfg.max_epochs=N on a GPU
+max_epochs = 3  # a CPU demo budget: raise it with --cfg-options train_cfg.max_epochs=N on a GPU
 
 
 def _stage(stds):  # noqa: E302  (a helper of this config; mmengine does not keep it)

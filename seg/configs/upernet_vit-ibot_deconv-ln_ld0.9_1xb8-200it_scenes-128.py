@@ -16,7 +16,7 @@ classes = ('cross', 'disk', 'ellipse', 'hexagon', 'ring', 'square', 'star', 'tri
 embed_dim = 96
 width = 64  # UPerHead / FCN channels (the paper recipe: embed_dim)
 crop_size = (128, 128)
-max_iters = 300  # a CPU demo budget (~1 min on 2 cores): raise it on a GPU
+max_iters = 200  # a CPU demo budget (~1 min on 2 cores with start-up and test): raise it on a GPU
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
