@@ -169,16 +169,18 @@ def comparison_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, list[
 
 
 def write_report(work: Path, cfg: Config, records: list[dict[str, Any]], scenes: Path, suite_html: Path,
-                 seconds: float, stages: dict[str, float]) -> Path:
+                 data_config: Path, seconds: float, stages: dict[str, float]) -> Path:
     v = cfg.model.vit_overrides
+    rel = lambda p: os.path.relpath(p, work)  # noqa: E731
     names = [r["name"] for r in records]
     rows = comparison_rows(records)
     knn = next((d for h, _, _, d in rows if h == "knn"), "")
     intro = (f"A ViT ({v.embed_dim}-d, {v.depth} blocks, patch {cfg.model.patch_size}, {cfg.model.img_size} px) "
              f"pretrained with iBOT for {cfg.train.epochs} epochs on the generated scene images ({scenes}), then "
-             f"taken through the evaluation suite — next to the same backbone at random initialisation.")
+             f"taken through the evaluation suite — next to the same backbone at random initialisation. "
+             f"Budgets are demo-sized (the suite's data config: {rel(data_config)}): every harness runs for real, "
+             f"but differences of a point or less are within run-to-run noise at this scale.")
     failed = [(r["name"], h, e) for r in records for h, e in r["harnesses"].items() if e.get("status") != "ok"]
-    rel = lambda p: os.path.relpath(p, work)  # noqa: E731
     links = {"Suite report (both backbones)": suite_html}
     for extra, label in (("leaderboard.html", "Transfer leaderboard"),
                          (os.path.join("robustness_report", "report.html"), "Robustness report")):
@@ -264,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
     say("4/4 report ...")
     records = [load_results(d) for d in dirs]
-    out = write_report(work, cfg, records, Path(scenes), suite_html, time.time() - t0, stages)
+    out = write_report(work, cfg, records, Path(scenes), suite_html, data_config, time.time() - t0, stages)
     for h, m, cells, d in comparison_rows(records):
         say(f"      {h:<10} {m:<22} " + "  ".join(f"{n} {c}" for n, c in zip(BACKBONES, cells))
             + (f"  ({d})" if d else ""))
