@@ -86,7 +86,7 @@ def suite_data_config(scenes: Path, out: Path, quick: bool, cuda: bool) -> Path:
     det, seg = cfg["det"]["cfg_options"], cfg["seg"]["cfg_options"]
     if quick:
         cfg["linear"]["epochs"] = 2
-        cfg["robustness"].update(corruptions=["gaussian_noise"], severities=[3], occlusion_levels=[0.5])
+        cfg["robustness"].update(tests=["imagenet-c"], corruptions=["gaussian_noise"], severities=[3])
         det.update({"train_cfg.max_epochs": 1, "param_scheduler.1.milestones": [1]})
         seg.update({"train_cfg.max_iters": 4, "param_scheduler.0.end": 2, "param_scheduler.1.begin": 2,
                     "param_scheduler.1.end": 4, "default_hooks.checkpoint.interval": 4})
