@@ -67,7 +67,7 @@ def build_config(args: argparse.Namespace, root: str) -> Config:
 
 
 def knn_top1(cfg: Config, root: str, state: dict | None, device: torch.device) -> float:
-    torch.manual_seed(cfg.train.seed)  # the random-init baseline: the engine's seeded initialisation
+    torch.manual_seed(cfg.train.seed)  # the baseline: a seeded random initialisation of the same ViT
     vit = build_vit(cfg.model.arch, patch_size=cfg.model.patch_size, img_size=cfg.model.img_size,
                     **dict(cfg.model.get("vit_overrides", {})))
     if state is not None:
