@@ -114,12 +114,16 @@ def run_suite(cfg: Config, work: Path, data_config: Path, checkpoints: dict[str,
                "--img-size", str(cfg.model.img_size), "--set", f"model.embed_dim={v.embed_dim}",
                f"model.depth={v.depth}", f"model.num_heads={v.num_heads}", "--suite", *HARNESSES,
                "--data-config", str(data_config), "--work-dir", str(out), "--name", name]
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout.splitlines():
-            if line.startswith("[suite]") and ("=" in line or "FAILED" in line or "skipped" in line):
-                say("        " + line[len("[suite] "):])
+        # Streamed, so each harness's start and result show up as they happen (a harness can take minutes).
+        lines = []
+        with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              bufsize=1) as proc:
+            for line in proc.stdout:
+                lines.append(line)
+                if line.startswith("[suite]") and not line.startswith(("[suite] results", "[suite] report")):
+                    say("        " + line[len("[suite] "):].rstrip())
         if proc.returncode == 2:  # the checkpoint itself could not be read: nothing ran
-            raise SystemExit(f"evaluate_backbone.py could not start for {name}:\n{proc.stdout[-3000:]}")
+            raise SystemExit(f"evaluate_backbone.py could not start for {name}:\n{''.join(lines)[-3000:]}")
         dirs.append(out)
     return dirs
 
