@@ -14,9 +14,7 @@ Re-running resumes: finished pretraining and evaluations are reused.
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import json
 import os
 import subprocess
@@ -35,7 +33,7 @@ from ibot.atomic import atomic_write_text  # noqa: E402
 from ibot.scenes import ensure_scenes  # noqa: E402
 from pretrain.engine import train  # noqa: E402
 from transfer.suite import load_data_config  # noqa: E402
-from transfer.suite_report import headline_chart, load_results  # noqa: E402
+from transfer.suite_report import figure_base64, headline_chart, load_results  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "pretrain", "configs", "ibot_vit-tiny_demo.py")
 SUITE_DATA = os.path.join(ROOT, "transfer", "configs", "suite_scenes.py")
@@ -150,11 +148,7 @@ def loss_curve_png(log_path: Path) -> str:
     ax.set_ylabel("iBOT loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return figure_base64(fig)
 
 
 def comparison_rows(records: list[dict[str, Any]]) -> list[tuple[str, str, list[str], str]]:

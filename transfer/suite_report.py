@@ -18,7 +18,7 @@ from typing import Any
 
 from transfer.suite import HARNESSES, ROOT
 
-__all__ = ["headline_chart", "load_results", "write_report"]
+__all__ = ["figure_base64", "headline_chart", "load_results", "write_report"]
 
 
 def load_results(work_dir: str | os.PathLike[str]) -> dict[str, Any]:
@@ -52,6 +52,13 @@ def headline_chart(records: list[dict[str, Any]], harnesses: list[str]) -> str:
     ax.set_ylabel("headline metric (%)")
     ax.set_title("Headline metric per harness")
     ax.legend(fontsize=8)
+    return figure_base64(fig)
+
+
+def figure_base64(fig) -> str:
+    """A matplotlib figure as a base64 PNG (for ``data:`` URLs in self-contained HTML); closes the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
