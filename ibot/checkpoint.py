@@ -35,6 +35,10 @@ from torch import Tensor, nn
 from ibot.atomic import atomic_write
 
 __all__ = [
+    "BACKBONE_IGNORE",
+    "BACKBONE_SCHEMA",
+    "BackboneFile",
+    "BackboneReport",
     "CheckpointError",
     "CheckpointFormatError",
     "CheckpointKeyError",
@@ -42,11 +46,17 @@ __all__ = [
     "LoadReport",
     "StateDictMismatchError",
     "UntrustedCheckpointError",
+    "build_backbone",
+    "describe_backbone",
     "export_backbone",
     "extract_backbone_state_dict",
+    "infer_backbone_description",
+    "load_backbone",
     "load_file",
     "load_state_dict_report",
     "map_weight_norm_keys",
+    "read_backbone",
+    "save_backbone",
     "save_file",
 ]
 
@@ -536,18 +546,264 @@ def load_state_dict_report(
 
 # ----------------------------------------------------------------------------------------------------------- export
 def export_backbone(
-    src: PathLike, dst: PathLike, *, key: str | None = "teacher", trusted: bool = False
+    src: PathLike, dst: PathLike, *, key: str | None = "teacher", trusted: bool = False,
+    model: Mapping[str, Any] | None = None,
 ) -> dict[str, Tensor]:
-    """Convert any supported checkpoint to a tensors-only backbone file and return the backbone dict.
+    """Convert any supported checkpoint to a self-describing, tensors-only backbone file; return the weights.
 
-    ``dst`` receives ``{'state_dict': backbone}`` (``torch.save``, loadable with ``weights_only=True``), or a flat
-    dict for a ``.safetensors`` destination; the write is atomic. ``key`` is as in
-    :func:`extract_backbone_state_dict` (default ``'teacher'`` for full checkpoints; pass ``None`` to auto-detect
-    other formats). ``trusted`` is as in :func:`load_file` (needed for official full checkpoints).
+    ``dst`` is written by :func:`save_backbone` (atomic; ``.pth`` or ``.safetensors``) with the description
+    ``model`` (default: inferred from the tensor shapes) and the source file, entry and SHA-256. ``key`` is as in
+    :func:`extract_backbone_state_dict` (default ``'teacher'`` for full checkpoints; ``None`` auto-detects other
+    formats). ``trusted`` is as in :func:`load_file` (needed for official full checkpoints). The mask token and
+    classifier / projection heads are dropped.
     """
-    ckpt = load_file(src, trusted=trusted)
-    backbone = {k: v.detach().to("cpu").contiguous() for k, v in extract_backbone_state_dict(ckpt, key).items()}
-    save_file(backbone if _is_safetensors(dst) else {"state_dict": backbone}, dst)
+    from ibot.records import file_sha256
+
+    found = read_backbone(src, trusted=trusted, key=key)
+    backbone = {k: v.detach().to("cpu").contiguous() for k, v in found.state_dict.items()
+                if not _matches(k, BACKBONE_IGNORE)}
+    source = {**found.source, "converted_from": os.path.abspath(os.fspath(src)), "checkpoint_key": key,
+              "checkpoint_sha256": file_sha256(src)}
+    save_backbone(dst, backbone, model if model is not None else found.model, source)
     logger.info("exported %d backbone tensors from '%s' to '%s'", len(backbone), os.fspath(src), os.fspath(dst))
     return backbone
 
+
+# ------------------------------------------------------------------------------------------ self-describing backbones
+#: Schema tag of a backbone file written by :func:`save_backbone` (the ``ibot.records`` convention).
+BACKBONE_SCHEMA = "ibot-suite/backbone/1"
+#: What the ``model`` entry of a backbone file must say (``arch``: the preset name, or ``None`` for another size).
+BACKBONE_MODEL_KEYS = ("family", "arch", "patch_size", "img_size", "embed_dim", "depth", "num_heads")
+#: Keys a pretrained file may hold that a backbone never uses: the student's mask token, timm / DeiT classifiers
+#: and pooling norms. Everything else must match the model exactly.
+BACKBONE_IGNORE = ("masked_embed", "head", "head_dist", "fc_norm", "pre_logits")
+_FAMILIES = ("vit",)
+
+
+@dataclass
+class BackboneFile:
+    """What :func:`read_backbone` found in a file.
+
+    Attributes:
+        state_dict: backbone weights with iBOT / timm key names.
+        model: the description (:data:`BACKBONE_MODEL_KEYS`), from the file or inferred from tensor shapes.
+        source: where the weights came from (from the file; ``{}`` for foreign files).
+        described: ``True`` when the file carries its own description (no inference was needed).
+        path: the file read.
+        key: the checkpoint entry the weights were taken from (``None``: auto-detected).
+    """
+
+    state_dict: dict[str, Tensor]
+    model: dict[str, Any]
+    source: dict[str, Any]
+    described: bool
+    path: str
+    key: str | None = None
+
+
+@dataclass
+class BackboneReport:
+    """What :func:`load_backbone` did: the file, its SHA-256, the description used and the strict load report."""
+
+    path: str
+    sha256: str
+    model: dict[str, Any]
+    source: dict[str, Any]
+    described: bool
+    load: LoadReport
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for a result record."""
+        return {"path": self.path, "sha256": self.sha256, "model": dict(self.model), "source": dict(self.source),
+                "described": self.described, "load": str(self.load).splitlines()[0]}
+
+
+def describe_backbone(model: nn.Module) -> dict[str, Any]:
+    """The description of a live backbone (:class:`ibot.vit.iBOTViT`), as written into backbone files."""
+    from ibot.vit import ARCHS
+
+    grid = tuple(int(g) for g in model.patch_embed.grid_size)
+    patch = int(model.patch_embed.patch_size[0])
+    desc = {"family": "vit", "arch": None, "patch_size": patch, "img_size": grid[0] * patch,
+            "embed_dim": int(model.embed_dim), "depth": len(model.blocks),
+            "num_heads": int(model.blocks[0].attn.num_heads)}
+    desc["arch"] = _preset_name(desc, ARCHS)
+    return desc
+
+
+def _preset_name(desc: Mapping[str, Any], archs: Mapping[str, Mapping[str, int]]) -> str | None:
+    return next((name for name, shape in archs.items()
+                 if all(desc.get(k) == v for k, v in shape.items())), None)
+
+
+def infer_backbone_description(sd: Mapping[str, Tensor], where: str = "the state dict") -> dict[str, Any]:
+    """A backbone description from tensor shapes alone (foreign files: official, DINO, timm, mmengine).
+
+    Width, patch size, position grid and depth are read from ``pos_embed``, ``patch_embed.proj.weight`` and the
+    ``blocks.N.*`` keys. The head count is not stored in the weights: a preset of the same width and depth gives
+    it, otherwise 64 channels per head (the ViT / DeiT / DINO convention) are assumed and logged.
+    """
+    from ibot.vit import ARCHS
+
+    missing = [k for k in ("pos_embed", "patch_embed.proj.weight") if k not in sd]
+    if missing:
+        raise CheckpointFormatError(
+            f"{where} is not a ViT backbone: no {missing} (keys: {_summarise(sorted(sd))}); pass the description "
+            "by hand (overrides=...) or convert the file with tools/convert_checkpoint.py")
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if not blocks:
+        raise CheckpointFormatError(f"{where} has no 'blocks.N.*' tensors: not a ViT backbone")
+    pos, proj = sd["pos_embed"], sd["patch_embed.proj.weight"]
+    patch, dim = int(proj.shape[-1]), int(pos.shape[-1])
+    tokens = int(pos.shape[1])
+    side = math.isqrt(tokens - 1)
+    if side * side != tokens - 1:
+        side = math.isqrt(tokens)
+    desc: dict[str, Any] = {"family": "vit", "arch": None, "patch_size": patch, "img_size": side * patch,
+                            "embed_dim": dim, "depth": max(blocks) + 1, "num_heads": None}
+    preset = next((name for name, shape in ARCHS.items()
+                   if shape["embed_dim"] == dim and shape["depth"] == desc["depth"]), None)
+    if preset is not None:
+        desc.update(arch=preset, num_heads=ARCHS[preset]["num_heads"])
+    else:
+        if dim % 64:  # left open: load_backbone / save_backbone ask for it
+            logger.warning("%s: non-standard ViT (width %d, depth %d) whose head count is not stored in the weights",
+                           where, dim, desc["depth"])
+            return desc
+        desc["num_heads"] = dim // 64
+        logger.warning("%s: non-standard ViT (width %d, depth %d); head count not stored in the weights, assuming "
+                       "%d (64 channels per head); override with num_heads= if it differs", where, dim,
+                       desc["depth"], desc["num_heads"])
+    return desc
+
+
+def _check_description(model: Any, path: str) -> dict[str, Any]:
+    if not isinstance(model, Mapping):
+        raise CheckpointFormatError(f"'{path}': key 'model' must be a dict describing the backbone, got "
+                                    f"{type(model).__name__}; re-export it with ibot.checkpoint.save_backbone")
+    missing = [k for k in BACKBONE_MODEL_KEYS if k not in model]
+    if missing:
+        raise CheckpointFormatError(f"'{path}': key 'model' lacks {missing}; re-export it with "
+                                    "ibot.checkpoint.save_backbone (or tools/convert_checkpoint.py)")
+    if model["num_heads"] is None:
+        raise CheckpointFormatError(
+            f"'{path}': the head count of this non-standard ViT (width {model.get('embed_dim')}) is not stored in its "
+            "weights; pass it (overrides={'num_heads': H} in Python, --num-heads H on the command lines)")
+    if model["family"] not in _FAMILIES:
+        raise CheckpointFormatError(f"'{path}': model family {model['family']!r} is not supported here "
+                                    f"(supported: {list(_FAMILIES)})")
+    return dict(model)
+
+
+def save_backbone(
+    path: PathLike, state_dict: Mapping[str, Tensor], model: Mapping[str, Any],
+    source: Mapping[str, Any] | None = None,
+) -> None:
+    """Atomically write a self-describing backbone file (tensors and plain values only: weights-only loadable).
+
+    ``.pth``: ``{'schema': BACKBONE_SCHEMA, 'state_dict': ..., 'model': {family, arch, patch_size, img_size,
+    embed_dim, depth, num_heads}, 'source': {...}}``. ``.safetensors``: the flat tensors, with ``model`` and
+    ``source`` as JSON in the file's metadata.
+    """
+    import json
+
+    desc = _check_description(model, os.fspath(path))
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    src = dict(source or {})
+    if _is_safetensors(path):
+        from safetensors.torch import save as st_save
+
+        meta = {"schema": BACKBONE_SCHEMA, "model": json.dumps(desc), "source": json.dumps(src, default=str)}
+        payload = st_save(_flat_tensor_dict(sd, os.fspath(path)), metadata=meta)
+        atomic_write(path, lambda fh: fh.write(payload))
+        return
+    save_file({"schema": BACKBONE_SCHEMA, "state_dict": sd, "model": desc, "source": src}, path)
+
+
+def _safetensors_description(path: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as fh:
+        meta = fh.metadata() or {}
+    if meta.get("schema") != BACKBONE_SCHEMA:
+        return None
+    return _check_description(json.loads(meta["model"]), path), json.loads(meta.get("source", "{}"))
+
+
+def read_backbone(path: PathLike, *, trusted: bool = False, key: str | None = None) -> BackboneFile:
+    """Backbone weights and description of any supported file, without building a model.
+
+    A file written by :func:`save_backbone` carries its description (``described=True``); any other format (see
+    :func:`extract_backbone_state_dict`; mmengine det/seg checkpoints of ``iBOTViTBackbone`` included) is described
+    from its tensor shapes (:func:`infer_backbone_description`).
+    """
+    path = os.fspath(path)
+    obj = load_file(path, trusted=trusted)
+    if isinstance(obj, Mapping) and obj.get("schema") == BACKBONE_SCHEMA:
+        if key not in (None, "state_dict"):
+            raise CheckpointKeyError(f"'{path}' is a backbone file (only 'state_dict'): drop key={key!r}")
+        desc = _check_description(obj.get("model"), path)
+        sd = {k: v for k, v in obj["state_dict"].items()}
+        return BackboneFile(sd, desc, dict(obj.get("source") or {}), True, path, key)
+    found = _safetensors_description(path) if _is_safetensors(path) else None
+    sd = extract_backbone_state_dict(obj, key)
+    if any(k.startswith("vit.") for k in sd):  # an mmengine checkpoint of det/seg's iBOTViTBackbone
+        sd = {k[len("vit."):]: v for k, v in sd.items() if k.startswith("vit.")}
+    if found is not None:
+        return BackboneFile(sd, found[0], found[1], True, path, key)
+    return BackboneFile(sd, infer_backbone_description(sd, f"'{path}'"), {}, False, path, key)
+
+
+def build_backbone(model: Mapping[str, Any], **kwargs: Any) -> nn.Module:
+    """A randomly initialised backbone from a description; ``kwargs`` go to the model (``pos_interp``,
+    ``drop_path_rate``, ``img_size`` for another input size, ...)."""
+    from ibot.vit import build_vit
+
+    desc = _check_description(model, "the description")
+    shape = {k: desc[k] for k in ("patch_size", "img_size", "embed_dim", "depth", "num_heads")}
+    return build_vit(desc["arch"] or "vit_small", **{**shape, **kwargs})
+
+
+def load_backbone(
+    path: PathLike,
+    *,
+    trusted: bool = False,
+    key: str | None = None,
+    model: nn.Module | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    **build_kwargs: Any,
+) -> tuple[nn.Module, BackboneReport]:
+    """The one backbone loader: read any supported file, build the model it describes and load it strictly.
+
+    Args:
+        path: a backbone file (:func:`save_backbone`), a pretraining / official / DINO / timm / mmengine checkpoint.
+        trusted: allow pickled objects (:func:`load_file`); only for files you trust.
+        key: checkpoint entry (:func:`extract_backbone_state_dict`); ``None`` auto-detects.
+        model: load into this existing backbone instead of building one (det / seg wrap theirs).
+        overrides: description entries that replace the file's (``{'num_heads': 6}``; flags of the tools).
+        build_kwargs: passed to the model constructor (``img_size``, ``pos_interp``, ``drop_path_rate``, ...).
+
+    Returns:
+        ``(model, report)``. Keys in :data:`BACKBONE_IGNORE` (and ``norm.*`` for a model without a final norm) are
+        reported as ignored; any other missing, unexpected or mis-shaped key raises
+        :class:`StateDictMismatchError` naming the file — a checkpoint of another size never loads partially.
+    """
+    from ibot.records import file_sha256
+
+    found = read_backbone(path, trusted=trusted, key=key)
+    desc = _check_description({**found.model, **dict(overrides or {})}, found.path)
+    if model is None:
+        model = build_backbone(desc, **build_kwargs)
+    ignore = BACKBONE_IGNORE + (("norm",) if isinstance(getattr(model, "norm", None), nn.Identity) else ())
+    try:
+        load = load_state_dict_report(model, found.state_dict, strict=True, ignore=ignore)
+    except StateDictMismatchError as exc:
+        what = "described as" if found.described else "inferred from its tensors as"
+        raise StateDictMismatchError(
+            f"'{found.path}' ({what} {desc}) does not fit the backbone: {exc}", exc.report) from exc
+    report = BackboneReport(found.path, file_sha256(found.path), desc, found.source, found.described, load)
+    logger.info("loaded backbone '%s' (%s, sha256 %s): %s", found.path,
+                "described" if found.described else "shape inferred", report.sha256[:12], str(load).splitlines()[0])
+    return model, report
