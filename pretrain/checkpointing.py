@@ -1,19 +1,34 @@
 """Training-state checkpoints: atomic writes, keep-last-K, auto-resume.
 
 Layout (tensors and plain Python values only, so it loads with ``weights_only=True``), a superset
-of the official full checkpoint: ``student``, ``teacher`` (``backbone.*`` / ``head.*``),
-``ibot_loss`` (centers), ``optimizer``, ``fp16_scaler``, ``epoch`` (epochs completed), and
-``iteration`` (global iterations completed), ``sampler``, ``rng`` (per rank), ``config``, ``format``.
+of the official full checkpoint: ``schema`` (:data:`SCHEMA`), ``student``, ``teacher``
+(``backbone.*`` / ``head.*``), ``ibot_loss`` (centers), ``optimizer``, ``fp16_scaler``, ``epoch``
+(epochs completed), ``iteration`` (global iterations completed), ``sampler``, ``rng`` (one
+:func:`ibot.distributed.rng_state` snapshot per rank, in rank order), ``world_size``, ``config``.
+
+Version 1 files (``'format': 'ibot-suite/pretrain-v1'``, ``rng`` a flat rank-major list of torch
+CPU (and CUDA) generator states) are still read: :func:`load_checkpoint` upgrades them in memory.
 """
 from __future__ import annotations
 
 import glob
 import os
 import re
+from typing import Any
+
+from torch import Tensor
 
 from ibot.checkpoint import load_file, save_file
+from ibot.distributed import rng_state
+from ibot.records import schema_tag
 
-FORMAT = "ibot-suite/pretrain-v1"
+#: Schema tag of a training checkpoint (the ``ibot.records`` convention). Version 2: per-rank RNG snapshots of
+#: Python, NumPy, torch and CUDA (version 1 saved torch's generators only).
+SCHEMA = schema_tag("pretrain-checkpoint", 2)
+#: The tag of version 1 files, under the key ``format``.
+LEGACY_FORMAT = "ibot-suite/pretrain-v1"
+#: Older name of :data:`SCHEMA`, kept for importers.
+FORMAT = SCHEMA
 _NAME = re.compile(r"checkpoint_iter(\d+)\.pth$")
 
 
@@ -36,12 +51,12 @@ def latest_checkpoint(work_dir: str) -> str | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def save_checkpoint(state: dict, work_dir: str, keep_last: int, keep_every_epochs: int = 0,
+def save_checkpoint(state: dict[str, Any], work_dir: str, keep_last: int, keep_every_epochs: int = 0,
                     iters_per_epoch: int = 1) -> str:
-    """Write ``state`` atomically, then delete older checkpoints beyond the last ``keep_last``
-    (checkpoints at multiples of ``keep_every_epochs`` epochs are kept, like ``saveckp_freq``)."""
+    """Write ``state`` atomically (tagged :data:`SCHEMA`), then delete older checkpoints beyond the last
+    ``keep_last`` (checkpoints at multiples of ``keep_every_epochs`` epochs are kept, like ``saveckp_freq``)."""
     path = checkpoint_path(work_dir, state["iteration"])
-    save_file({**state, "format": FORMAT}, path)
+    save_file({"schema": SCHEMA, **state}, path)
     ckpts = list_checkpoints(work_dir)
     for it, p in ckpts[: max(0, len(ckpts) - keep_last)]:
         keep = keep_every_epochs and it % (keep_every_epochs * iters_per_epoch) == 0
@@ -50,11 +65,37 @@ def save_checkpoint(state: dict, work_dir: str, keep_last: int, keep_every_epoch
     return path
 
 
-def load_checkpoint(path: str) -> dict:
-    """Read a training checkpoint (weights-only: ours hold tensors and plain values)."""
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Read a training checkpoint (weights-only: ours hold tensors and plain values); version 1 files are
+    upgraded to the current layout."""
     state = load_file(path)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a checkpoint of this pretraining engine (format "
-                         f"{state.get('format')!r}, expected {FORMAT!r}); to initialise from other "
-                         "weights, use ibot.checkpoint / model.init_from")
-    return state
+    if state.get("schema") == SCHEMA:
+        return state
+    if state.get("format") == LEGACY_FORMAT:
+        return _upgrade_v1(state)
+    found = state.get("schema", state.get("format"))
+    raise ValueError(f"{path} is not a checkpoint of this pretraining engine (key 'schema' is {found!r}, expected "
+                     f"{SCHEMA!r}); to initialise from other weights, use ibot.checkpoint.load_backbone or the "
+                     "official-format loaders, not --resume")
+
+
+def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """A version 1 checkpoint in the version 2 layout.
+
+    Version 1 kept only torch's CPU generator (and the CUDA generator of the rank's device) per rank, flattened
+    rank-major. Each rank's entry becomes a snapshot whose Python / NumPy states are this process's current ones,
+    so restoring it changes only what version 1 restored.
+    """
+    flat: list[Tensor] = state.pop("rng")
+    world = int(state.get("world_size") or 1)
+    per_rank = max(1, len(flat) // world)
+    rng = []
+    for r in range(world):
+        mine = flat[r * per_rank:(r + 1) * per_rank]
+        snap = {k: v for k, v in rng_state().items() if k in ("python", "numpy")}
+        snap["torch"] = mine[0]
+        if per_rank == 2:
+            snap["cuda_device"] = mine[1]
+        rng.append(snap)
+    state.pop("format")
+    return {"schema": SCHEMA, **state, "rng": rng}

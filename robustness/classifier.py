@@ -3,69 +3,77 @@
 :class:`ImageClassifier` adds the input normalisation (benchmarks hand it pixel-space images in [0, 1]) and, for
 models that expose ``get_last_selfattention`` (our :class:`ibot.vit.iBOTViT`, DINO-style ViTs, or a wrapper whose
 ``backbone`` has it), the last block's [CLS]->patch attention used by salient PatchDrop.
-:class:`BackboneWithLinearHead` is the iBOT / DINO linear-probe model: frozen-backbone features + one ``nn.Linear``.
+:class:`BackboneWithLinearHead` is the iBOT / DINO linear-probe model: frozen-backbone features
+(:class:`ibot.features.FeatureSpec`, the suite's one feature definition) + one ``nn.Linear``.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ibot.checkpoint import extract_backbone_state_dict, load_file, load_state_dict_report
-from ibot.vit import build_vit
+from ibot.checkpoint import BackboneReport, build_backbone, load_backbone, load_file
+from ibot.features import FeatureSpec, spec_features
+from ibot.vit import ARCHS
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "BackboneWithLinearHead",
     "ImageClassifier",
+    "LinearHead",
     "build_ibot_linear_classifier",
     "linear_head_state_dict",
+    "read_linear_head",
+    "shape_overrides",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+PathLike = str | os.PathLike[str]
+
+#: The backbone built when no backbone file is given (random weights, pipeline tests only): the old CLI defaults.
+_RANDOM_BACKBONE = {"family": "vit", "arch": "vit_small", **ARCHS["vit_small"], "patch_size": 16, "img_size": 224}
 
 
 class BackboneWithLinearHead(nn.Module):
     """``backbone`` features -> ``nn.Linear``; the features of iBOT's linear evaluation.
 
     Args:
-        backbone: a ViT with ``get_intermediate_layers(x, n)`` returning final-norm token sequences (B, 1 + N, D).
+        backbone: a ViT with ``get_intermediate_layers(x, n, norm=True)`` returning final-norm token sequences
+            (B, 1 + N, D) and an ``embed_dim`` attribute.
         num_classes: outputs of the head.
-        n_last_blocks: concatenate the [CLS] token of the last ``n`` blocks (iBOT ViT-S: 4, ViT-B/L: 1).
-        avgpool: 0 = [CLS] tokens only; 1 = mean of the last block's patch tokens only; 2 = [CLS] tokens followed by
-            that mean (iBOT's ``--avgpool_patchtokens``; ViT-B/L use 2).
+        feature: which tokens of which blocks make the feature (iBOT ViT-S: ``FeatureSpec(4, 'cls')``, ViT-B/L:
+            ``FeatureSpec(1, 'cls+avgpool')``); the head's input width is ``feature.dim(backbone.embed_dim)``.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int, n_last_blocks: int = 1, avgpool: int = 0) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, feature: FeatureSpec = FeatureSpec()) -> None:
         super().__init__()
-        if avgpool not in (0, 1, 2):
-            raise ValueError(f"avgpool must be 0, 1 or 2, got {avgpool}")
+        if hasattr(backbone, "blocks"):
+            feature.check(len(backbone.blocks))  # fail at build time, not at the first batch
         self.backbone = backbone
-        self.n_last_blocks = n_last_blocks
-        self.avgpool = avgpool
-        dim = backbone.embed_dim
-        in_dim = {0: dim * n_last_blocks, 1: dim, 2: dim * (n_last_blocks + 1)}[avgpool]
-        self.head = nn.Linear(in_dim, num_classes)
+        self.feature = feature
+        self.head = nn.Linear(feature.dim(backbone.embed_dim), num_classes)
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
+        #: What :func:`build_ibot_linear_classifier` loaded (``None`` for a random backbone).
+        self.backbone_report: BackboneReport | None = None
 
     def features(self, x: Tensor) -> Tensor:
-        tokens = self.backbone.get_intermediate_layers(x, self.n_last_blocks)
-        parts = [] if self.avgpool == 1 else [t[:, 0] for t in tokens]
-        if self.avgpool in (1, 2):
-            parts.append(tokens[-1][:, 1:].mean(dim=1))
-        return torch.cat(parts, dim=-1)
+        """Images (B, 3, H, W), normalised -> features (B, feature.dim(D))."""
+        return spec_features(self.backbone, x, [self.feature])[0]
 
     def forward(self, x: Tensor) -> Tensor:
+        """Images (B, 3, H, W), normalised -> logits (B, num_classes)."""
         return self.head(self.features(x))
 
     def get_last_selfattention(self, x: Tensor) -> Tensor:
+        """Last block's attention (B, heads, 1 + N, 1 + N)."""
         return self.backbone.get_last_selfattention(x)
 
 
@@ -74,6 +82,14 @@ def _attention_source(model: nn.Module) -> nn.Module | None:
         if candidate is not None and callable(getattr(candidate, "get_last_selfattention", None)):
             return candidate
     return None
+
+
+def _patch_size_of(model: nn.Module) -> int | None:
+    patch_size = getattr(model, "patch_size", None)
+    if patch_size is None:
+        ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+        patch_size = ps[0] if isinstance(ps, (tuple, list)) else ps
+    return patch_size
 
 
 class ImageClassifier(nn.Module):
@@ -94,16 +110,15 @@ class ImageClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._attn = _attention_source(model)
         if patch_size is None and self._attn is not None:
-            patch_size = getattr(self._attn, "patch_size", None)
-            if patch_size is None:
-                ps = getattr(getattr(self._attn, "patch_embed", None), "patch_size", None)
-                patch_size = ps[0] if isinstance(ps, (tuple, list)) else ps
+            patch_size = _patch_size_of(self._attn)
         self.patch_size = int(patch_size) if patch_size is not None else None
 
     def normalize(self, images: Tensor) -> Tensor:
+        """Pixel-space images (B, 3, H, W) in [0, 1] -> normalised images (B, 3, H, W)."""
         return (images - self.mean) / self.std
 
     def forward(self, images: Tensor) -> Tensor:
+        """Pixel-space images (B, 3, H, W) in [0, 1] -> logits (B, K)."""
         return self.model(self.normalize(images))
 
     @property
@@ -128,12 +143,13 @@ class ImageClassifier(nn.Module):
         return cls.reshape(-1, h, w)
 
 
+# ------------------------------------------------------------------------------------------------ head files
 def linear_head_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
-    """``{'weight', 'bias'}`` of a linear head from the usual layouts.
+    """``{'weight' (K, F), 'bias' (K,)}`` of a linear head from the usual layouts.
 
-    Accepts a flat ``{'weight', 'bias'}``; DINO / iBOT ``eval_linear`` files (``{'state_dict':
-    {'module.linear.weight', ...}}``); ``head.weight`` / ``fc.weight`` / ``linear.weight`` prefixes; and a
-    combined backbone + head dict (the head keys are picked).
+    Accepts a flat ``{'weight', 'bias'}`` (the suite's head files, which may also hold a ``'feature'`` entry); DINO /
+    iBOT ``eval_linear`` files (``{'state_dict': {'module.linear.weight', ...}}``); ``head.weight`` / ``fc.weight``
+    / ``linear.weight`` prefixes; and a combined backbone + head dict (the head keys are picked).
     """
     obj: Any = ckpt
     while isinstance(obj, Mapping) and not any(isinstance(v, Tensor) for v in obj.values()):
@@ -151,38 +167,125 @@ def linear_head_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor]:
     raise ValueError(f"no linear head (weight, bias) found; keys: {sorted(flat)[:20]}")
 
 
-def build_ibot_linear_classifier(
-    arch: str, patch_size: int, backbone_ckpt: str | os.PathLike[str] | None, head_ckpt: str | os.PathLike[str] | None,
-    *, num_classes: int | None = None, n_last_blocks: int = 1, avgpool: int = 0, img_size: int = 224,
-    checkpoint_key: str | None = None, trusted: bool = False, depth: int | None = None,
-    embed_dim: int | None = None, num_heads: int | None = None,
-) -> BackboneWithLinearHead:
-    """An iBOT ViT backbone + linear head from checkpoints (strict loading; ``masked_embed`` ignored).
+@dataclass(frozen=True)
+class LinearHead:
+    """A linear-head file: its weights and, when the file says so, the feature they were trained on.
 
-    ``head_ckpt`` may be the same file as ``backbone_ckpt`` when it holds both (keys ``backbone.*`` + ``head.*``).
-    Without ``head_ckpt`` the head is random (``num_classes`` needed) — only useful for pipeline tests.
+    Attributes:
+        state_dict: ``{'weight' (K, F), 'bias' (K,)}``.
+        feature: the file's ``'feature'`` entry (a :meth:`FeatureSpec.to_dict`), or ``None`` when it has none.
+        path: the file read.
     """
-    kwargs: dict[str, Any] = dict(patch_size=patch_size, img_size=img_size, pos_interp="size")
-    for name, value in (("depth", depth), ("embed_dim", embed_dim), ("num_heads", num_heads)):
-        if value is not None:  # non-standard sizes (tests, toy models)
-            kwargs[name] = value
-    backbone = build_vit(arch, **kwargs)
-    if backbone_ckpt is not None:
-        sd = extract_backbone_state_dict(load_file(backbone_ckpt, trusted=trusted), checkpoint_key)
-        sd = {k: v for k, v in sd.items() if not k.startswith(("head.", "fc_norm."))}
-        load_state_dict_report(backbone, sd, strict=True, ignore=("masked_embed",))
-    head_sd = None
-    if head_ckpt is not None:
-        head_sd = linear_head_state_dict(load_file(head_ckpt, trusted=trusted))
-        num_classes = head_sd["weight"].shape[0]
-    if num_classes is None:
+
+    state_dict: dict[str, Tensor]
+    feature: FeatureSpec | None
+    path: str
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.state_dict["weight"].shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return int(self.state_dict["weight"].shape[1])
+
+
+def read_linear_head(path: PathLike, *, trusted: bool = False) -> LinearHead:
+    """Read a head file (:func:`linear_head_state_dict` layouts); a top-level ``'feature'`` entry (the suite writes
+    ``{'weight', 'bias', 'feature': FeatureSpec.to_dict()}`` with :func:`ibot.checkpoint.save_file`) gives the
+    feature spec the head expects."""
+    obj = load_file(path, trusted=trusted)
+    feature = None
+    if isinstance(obj, Mapping) and obj.get("feature") is not None:
+        try:
+            feature = FeatureSpec.from_dict(obj["feature"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"head file '{os.fspath(path)}': key 'feature' is not a feature spec "
+                             f"({{'n_last_blocks', 'pooling'}}): {exc}") from exc
+    return LinearHead(linear_head_state_dict(obj), feature, os.fspath(path))
+
+
+def resolve_feature(head: LinearHead | None, n_last_blocks: int | None = None,
+                    avgpool: int | None = None) -> FeatureSpec:
+    """The feature spec: the head file's ``'feature'`` entry (default ``FeatureSpec(1, 'cls')``), with explicit
+    ``n_last_blocks`` / ``avgpool`` (DINO / iBOT's ``--avgpool_patchtokens`` 0 / 1 / 2) replacing its parts."""
+    base = (head.feature if head is not None else None) or FeatureSpec()
+    n = base.n_last_blocks if n_last_blocks is None else int(n_last_blocks)
+    pooling = base.pooling if avgpool is None else FeatureSpec.from_avgpool(n, avgpool).pooling
+    return FeatureSpec(n, pooling)
+
+
+# ------------------------------------------------------------------------------------------------ backbone
+def shape_overrides(arch: str | None = None, *, patch_size: int | None = None, img_size: int | None = None,
+                    embed_dim: int | None = None, depth: int | None = None,
+                    num_heads: int | None = None) -> dict[str, Any]:
+    """Backbone-description entries from the CLI's shape flags (``None`` = keep the file's).
+
+    A preset ``arch`` stands for its whole shape (width, depth, heads), as ``build_vit(arch)`` did; explicit
+    ``embed_dim`` / ``depth`` / ``num_heads`` then replace parts of it (toy models, non-standard sizes), which
+    makes the ``arch`` label ``None`` unless the result is still that preset.
+    """
+    if arch is not None and arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCHS)}")
+    out: dict[str, Any] = {"arch": arch, **ARCHS[arch]} if arch is not None else {}
+    given = {"patch_size": patch_size, "img_size": img_size, "embed_dim": embed_dim, "depth": depth,
+             "num_heads": num_heads}
+    out.update({k: int(v) for k, v in given.items() if v is not None})
+    if arch is not None and any(out[k] != v for k, v in ARCHS[arch].items()):
+        out["arch"] = None
+    return out
+
+
+def _check_head(model: BackboneWithLinearHead, head: LinearHead, explicit: bool) -> None:
+    """Raise a clear error when the head's input width is not the feature's."""
+    want = model.head.weight.shape
+    got = head.state_dict["weight"].shape
+    if got == want:
+        return
+    source = ("the --n-last-blocks / --avgpool flags" if explicit else
+              "the head file's 'feature' entry" if head.feature is not None else "the default (no 'feature' entry)")
+    raise ValueError(
+        f"head file '{head.path}': weight {tuple(got)} does not fit the feature {model.feature.label} "
+        f"(n_last_blocks={model.feature.n_last_blocks}, pooling={model.feature.pooling!r}, from {source}) of a "
+        f"width-{model.backbone.embed_dim} backbone, which gives {tuple(want)}; check n_last_blocks / avgpool")
+
+
+def build_ibot_linear_classifier(
+    backbone_ckpt: PathLike | None, head_ckpt: PathLike | None = None, *,
+    overrides: Mapping[str, Any] | None = None, n_last_blocks: int | None = None, avgpool: int | None = None,
+    num_classes: int | None = None, checkpoint_key: str | None = None, trusted: bool = False,
+) -> BackboneWithLinearHead:
+    """An iBOT ViT backbone (:func:`ibot.checkpoint.load_backbone`, strict) + a linear head, in eval mode.
+
+    Args:
+        backbone_ckpt: any backbone file ``load_backbone`` reads; a self-describing one needs no ``overrides``.
+            ``None``: a random ViT-S/16 (or what ``overrides`` say) — only useful for pipeline tests.
+        head_ckpt: a head file (:func:`read_linear_head`); may be the backbone file when it holds both
+            (``backbone.*`` + ``head.*``). ``None``: a random head with ``num_classes`` outputs.
+        overrides: backbone-description entries replacing the file's (:func:`shape_overrides` of the CLI flags).
+        n_last_blocks, avgpool: replace parts of the head file's feature spec (:func:`resolve_feature`).
+        checkpoint_key: checkpoint entry of the backbone (``None``: auto-detect).
+        trusted: allow checkpoints that pickle objects (only for files you trust).
+
+    Raises:
+        ValueError: no ``num_classes`` without a head, or a head whose width does not fit the feature (names the
+            head file and where the feature spec came from).
+    """
+    if backbone_ckpt is None:
+        backbone = build_backbone({**_RANDOM_BACKBONE, **dict(overrides or {})}, pos_interp="size")
+        report = None
+    else:
+        backbone, report = load_backbone(backbone_ckpt, trusted=trusted, key=checkpoint_key, overrides=overrides,
+                                         pos_interp="size")
+    head = read_linear_head(head_ckpt, trusted=trusted) if head_ckpt is not None else None
+    if head is None and num_classes is None:
         raise ValueError("num_classes is needed when no head checkpoint is given")
-    model = BackboneWithLinearHead(backbone, num_classes, n_last_blocks=n_last_blocks, avgpool=avgpool)
-    if head_sd is not None:
-        if head_sd["weight"].shape != model.head.weight.shape:
-            raise ValueError(f"head weight {tuple(head_sd['weight'].shape)} does not match the features "
-                             f"{tuple(model.head.weight.shape)} (check n_last_blocks / avgpool)")
-        model.head.load_state_dict(head_sd)
+    feature = resolve_feature(head, n_last_blocks, avgpool)
+    model = BackboneWithLinearHead(backbone, head.num_classes if head else int(num_classes), feature)
+    model.backbone_report = report
+    if head is not None:
+        _check_head(model, head, explicit=n_last_blocks is not None or avgpool is not None)
+        model.head.load_state_dict(head.state_dict)
     return model.eval()
 
 

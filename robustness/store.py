@@ -1,72 +1,62 @@
 """Resumable result files: one JSON per model run, one entry per finished (benchmark, variant, level) cell.
 
-Layout (``format`` = :data:`FORMAT`)::
+Layout (``schema`` = :data:`SCHEMA`, the :mod:`ibot.records` convention)::
 
-    {"format": "ibot-robustness/1", "model": "vit_s16_linear", "meta": {...},
+    {"schema": "ibot-suite/robustness/2", "model": "vit_s16_linear", "meta": {...},
      "groups": {"imagenet_c": {"config": {...}, "cells": {"gaussian_noise/3": {"correct": 7, "total": 10, ...}}},
                 "occlusion": {...}, "backgrounds": {...}, "ood": {...}, "det_c": {...}, "seg_c": {...}}}
 
-Every :meth:`ResultStore.put` rewrites the file atomically (temp file + ``os.replace``), so an interrupted run loses at
-most the cell in flight and a re-run skips what is stored. A group remembers the ``config`` it was computed with; a
-re-run with a different config refuses to mix results unless told to start the group afresh.
+Every :meth:`ResultStore.put` rewrites the file atomically (:func:`ibot.records.write_record`), so an interrupted run
+loses at most the cell in flight and a re-run skips what is stored. A group remembers the ``config`` it was computed
+with; a re-run with a different config refuses to mix results unless told to start the group afresh. Files of the
+first version (``{"format": "ibot-robustness/1", ...}``, same layout) are read and rewritten in this one.
 """
 from __future__ import annotations
 
-import json
-import math
+import logging
 import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
-from ibot.atomic import atomic_write_text
+from ibot.records import RecordError, json_safe, read_record, schema_tag, write_record
 
-__all__ = ["FORMAT", "ConfigMismatchError", "ResultStore", "atomic_write_json", "load_results"]
+__all__ = ["SCHEMA", "ConfigMismatchError", "ResultStore", "load_results"]
 
-FORMAT: Final = "ibot-robustness/1"
+logger = logging.getLogger(__name__)
+
+SCHEMA: Final = schema_tag("robustness", 2)
+#: The tag of version 1 (before the suite-wide convention); same layout, read and migrated.
+_LEGACY_FORMAT: Final = "ibot-robustness/1"
 
 
 class ConfigMismatchError(RuntimeError):
     """A stored group was computed with a different configuration than the one requested."""
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
-        return _jsonable(obj.item())
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__} ({obj!r})")
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a result file (this version, or version 1 migrated in memory) and check its tag.
 
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (never leaves a half-written file)."""
-    atomic_write_text(path, json.dumps(_jsonable(obj), indent=1, sort_keys=False) + "\n")
-
-
-def load_results(path: str | os.PathLike[str]) -> dict:
-    """Read a result file and check its format tag."""
-    with open(path) as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an ibot robustness result file (format {data.get('format')!r}, "
-                         f"expected {FORMAT!r})")
-    return data
+    Raises:
+        RecordError: not JSON, or not a robustness result file (the message names the file and the tag found).
+    """
+    data = read_record(path)
+    if data.get("schema") == SCHEMA:
+        return data
+    if data.get("format") == _LEGACY_FORMAT and "schema" not in data:
+        logger.info("%s: result file of version 1 (format %r), read as %s", path, _LEGACY_FORMAT, SCHEMA)
+        return {"schema": SCHEMA, **{k: v for k, v in data.items() if k != "format"}}
+    found = data.get("schema", data.get("format"))
+    raise RecordError(f"{path}: not a robustness result file (key 'schema' is {found!r}, expected {SCHEMA!r}); "
+                      "write results to a fresh --out file")
 
 
 class ResultStore:
     """The result file of one model, with per-cell resumability.
 
     Args:
-        path: the JSON file (created on the first :meth:`put`).
+        path: the JSON file (created on the first write).
         model: a display name for reports; kept from the file when ``None``.
         meta: free-form run information (checkpoint, arch, ...), merged into the file's.
         writable: ``False`` on non-zero ranks of a distributed run: reads work, writes are no-ops.
@@ -80,13 +70,13 @@ class ResultStore:
         if self.path.exists():
             self.data = load_results(self.path)
         else:
-            self.data = {"format": FORMAT, "model": None, "meta": {}, "groups": {}}
+            self.data = {"schema": SCHEMA, "model": None, "meta": {}, "groups": {}}
         if model is not None:
             self.data["model"] = model
         if self.data.get("model") is None:
             self.data["model"] = self.path.stem
         if meta:
-            self.data["meta"].update(_jsonable(meta))
+            self.data["meta"].update(json_safe(meta))
 
     @property
     def model(self) -> str:
@@ -98,7 +88,7 @@ class ResultStore:
         ``restart=True`` drops the group's stored cells when the configuration changed (or always, if it did not
         change: a forced recomputation).
         """
-        config = _jsonable(config)
+        config = json_safe(config)  # compared with the stored (JSON) form: tuples -> lists, NaN -> None
         groups = self.data["groups"]
         stored = groups.get(group)
         if stored is not None and not restart and stored.get("config") != config:
@@ -128,7 +118,7 @@ class ResultStore:
         if group not in self.data["groups"]:
             raise KeyError(f"group {group!r} not opened (call open_group first)")
         with self._lock:
-            self.data["groups"][group]["cells"][key] = _jsonable(value)
+            self.data["groups"][group]["cells"][key] = json_safe(value)
             self._write()
 
     def put_many(self, group: str, items: Mapping[str, Mapping[str, Any]]) -> None:
@@ -136,13 +126,13 @@ class ResultStore:
         if group not in self.data["groups"]:
             raise KeyError(f"group {group!r} not opened (call open_group first)")
         with self._lock:
-            self.data["groups"][group]["cells"].update({k: _jsonable(v) for k, v in items.items()})
+            self.data["groups"][group]["cells"].update({k: json_safe(v) for k, v in items.items()})
             self._write()
 
     def set_meta(self, **meta: Any) -> None:
-        self.data["meta"].update(_jsonable(meta))
+        self.data["meta"].update(json_safe(meta))
         self._write()
 
     def _write(self) -> None:
         if self.writable:
-            atomic_write_json(self.path, self.data)
+            write_record(self.path, self.data, schema=SCHEMA)

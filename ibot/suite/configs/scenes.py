@@ -1,11 +1,11 @@
-"""Data config of ``tools/evaluate_backbone.py`` on the embedded scene data set (``ibot.scenes``), tiny CPU budgets.
+"""Data config of the suite runner (``python -m ibot.suite``) on the embedded scene data set (``ibot.scenes``),
+tiny CPU budgets.
 
-    python tools/evaluate_backbone.py CKPT --arch vit_tiny --patch-size 8 --img-size 64 \\
-        --suite knn linear robustness --data-config transfer/configs/suite_scenes.py --work-dir work_dirs/eval/x
+    python tools/evaluate_backbone.py work_dirs/x/teacher_backbone.pth \\
+        --suite knn linear robustness --data-config ibot/suite/configs/scenes.py --work-dir work_dirs/eval/x
 
 The data set is generated on first use (seconds, cached under ``$IBOT_CACHE_DIR/scenes``). Raise the epochs for a
-GPU run; on real data sets copy this file and point the roots at them (see ``transfer/suite.py``).
-Not a transfer recipe: ``transfer.recipes`` only imports ``transfer/configs/<dataset>.py`` by name.
+GPU run; on real data sets copy this file and point the roots at them (see ``ibot/suite/runner.py``).
 """
 import os as _os
 from pathlib import Path as _Path
@@ -32,7 +32,7 @@ knn = dict(batch_size=64, options={"ks": [10, 20], "report_k": 20})
 linear = dict(epochs=10, batch_size=32, options={"lrs": [0.001, 0.01, 0.1]})
 finetune = dict(epochs=3, batch_size=32)
 # Detection / segmentation fine-tuning at demo scale (the configs' docstrings say what they keep of the recipes);
-# the suite sets the backbone shape and neck / head input widths from the checkpoint.
+# det.cli's --backbone sets the backbone shape and neck / head input widths from the backbone file.
 det = dict(config="det/configs/cascade-mask-rcnn_vit-ibot_deconv-fpn_4conv1fc-giou_ld0.8_1xb8-3e_scenes-128.py",
            data_root=str(_root / "coco"), metric="coco/bbox_mAP",
            cfg_options={"train_cfg.val_begin": 10**6})  # no validation while training: tools/test.py evaluates
