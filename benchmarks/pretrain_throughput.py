@@ -27,7 +27,7 @@ from ibot.model import build_student_teacher  # noqa: E402
 from ibot.optim import param_groups  # noqa: E402
 from ibot.schedules import cosine_scheduler  # noqa: E402
 from ibot.train_step import iBOTTrainStep  # noqa: E402
-from pretrain.distributed import DistEnv  # noqa: E402
+from ibot.distributed import DistEnv  # noqa: E402
 from pretrain.monitor import peak_flops, train_flops_per_image  # noqa: E402
 
 CONFIGS = {"vit_small": "ibot_vit-s16_800e_in1k.py", "vit_base": "ibot_vit-b16_400e_in1k.py",

@@ -3,7 +3,10 @@
 One iteration is ``ibot.train_step.iBOTTrainStep`` (the official step, parity-tested). Around it:
 data parallelism over processes, seeded per-sample data, atomic checkpoints with the full training
 state (bit-identical resume), logging at an interval (the only host sync), a non-finite-loss stop that
-keeps the last good checkpoint, and an export of the teacher backbone at the end.
+keeps the last good checkpoint, and an export of the teacher backbone at the end (a self-describing
+file, :func:`ibot.checkpoint.save_backbone`).
+
+:func:`train` = :func:`build_run` (the pieces, in a :class:`PretrainRun`) + :func:`run_loop`.
 
 ``train.parallel``: ``'ddp'`` (default) wraps the student pass in DDP, each process holding full
 replicas; ``'fsdp'`` shards student, teacher, gradients and optimizer state with FSDP2
@@ -15,15 +18,26 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-import torch.distributed as dist
 from mmengine.config import Config
-from torch.nn.parallel import DistributedDataParallel
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ibot.augment import MultiCropAugmentation
-from ibot.checkpoint import save_file
+from ibot.checkpoint import describe_backbone, save_backbone
+from ibot.distributed import (
+    DistEnv,
+    all_reduce_mean,
+    barrier,
+    gathered_rng_states,
+    init_distributed,
+    set_rng_state,
+    shutdown,
+    wrap_ddp,
+)
 from ibot.loss import iBOTLoss
 from ibot.masking import MaskGenerator, max_masked_tokens
 from ibot.model import build_student_teacher
@@ -33,8 +47,6 @@ from ibot.train_step import StudentPass, TeacherPass, iBOTTrainStep
 from ibot.vit import build_vit, iBOTViT
 from pretrain.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
 from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, sample_seed, scan_images
-from pretrain.gpu_augment import BatchedMultiCrop
-from pretrain.distributed import DistEnv, all_reduce_mean, barrier, init_distributed, shutdown
 from pretrain.fsdp import (
     PARALLEL_MODES,
     full_model_state,
@@ -43,16 +55,90 @@ from pretrain.fsdp import (
     load_full_optimizer_state,
     shard_student_teacher,
 )
+from pretrain.gpu_augment import BatchedMultiCrop
 from pretrain.knn_monitor import KNNMonitor
 from pretrain.monitor import Monitor, train_flops_per_image
 
 log = logging.getLogger(__name__)
+
+#: File name of the exported teacher backbone in the work dir.
+TEACHER_BACKBONE = "teacher_backbone.pth"
 
 
 class NonFiniteLossError(RuntimeError):
     pass
 
 
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class PretrainRun:
+    """The built pieces of one pretraining run: what :func:`build_run` makes and :func:`run_loop` drives.
+
+    ``step`` holds the student, teacher, loss, optimizer and scaler; ``start`` is the number of iterations
+    already done (from the resumed checkpoint, else 0).
+    """
+
+    cfg: Config
+    work_dir: str
+    env: DistEnv
+    loader: DataLoader
+    sampler: ResumableBatchSampler
+    step: iBOTTrainStep
+    sharded: bool
+    start: int = 0
+    knn: KNNMonitor | None = None
+    device_aug: BatchedMultiCrop | None = None
+
+    @property
+    def niter(self) -> int:
+        """Iterations per epoch."""
+        return self.sampler.batches_per_epoch
+
+    @property
+    def total(self) -> int:
+        return self.cfg.train.epochs * self.niter
+
+    @property
+    def crops_per_image(self) -> int:
+        a = self.cfg.augmentation
+        return a.global_crops_number + a.local_crops_number
+
+    @property
+    def images_per_iter(self) -> int:
+        """Crops per iteration over all processes (the img/s unit of the monitor)."""
+        return self.cfg.data.batch_size_per_gpu * self.env.world * self.crops_per_image
+
+    @property
+    def knn_enabled(self) -> bool:
+        """Whether the k-NN monitor runs (all ranks: under FSDP gathering the teacher is a collective)."""
+        return self.cfg.monitor.knn.root is not None
+
+
+@dataclass
+class _Meter:
+    """Sums since the last log, on the device (read back only at the logging interval: the one host sync)."""
+
+    device: torch.device
+    terms: Tensor = field(init=False)  # (4,): cls, patch, loss, count of non-finite losses
+    bad_files: Tensor = field(init=False)  # (): unreadable images skipped by the loader
+    n: int = 0
+
+    def __post_init__(self) -> None:
+        self.terms = torch.zeros(4, device=self.device)
+        self.bad_files = torch.zeros((), device=self.device)
+
+    def add(self, out: dict[str, Tensor], n_bad: Tensor) -> None:
+        self.terms[:3] += torch.stack((out["cls"], out["patch"], out["loss"]))
+        self.terms[3] += (~torch.isfinite(out["loss"])).float()
+        self.bad_files += n_bad.to(self.device)
+        self.n += 1
+
+    def reset(self) -> None:
+        self.terms.zero_()
+        self.n = 0
+
+
+# --------------------------------------------------------------------------------------------- build steps
 def _amp(cfg: Config, device: torch.device) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype, use GradScaler); mixed precision only on CUDA."""
     amp = cfg.train.amp
@@ -73,20 +159,19 @@ def _sharded(cfg: Config, env: DistEnv) -> bool:
     return mode == "fsdp" and env.world > 1
 
 
-def _wrap(student: torch.nn.Module, teacher: torch.nn.Module, head_on_masked_only: bool, sharded: bool,
-          env: DistEnv) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _wrap(student: nn.Module, teacher: nn.Module, head_on_masked_only: bool, sharded: bool,
+          env: DistEnv) -> tuple[nn.Module, nn.Module]:
     """(student pass, teacher pass) as the step calls them: DDP over the student pass, or both
     sharded in place (FSDP), or plain for one process."""
     spass, tpass = StudentPass(student, head_on_masked_only), TeacherPass(teacher)
     if sharded:
         shard_student_teacher(spass, tpass, env.device, env.world)
-    elif env.world > 1:
-        cuda = env.device.type == "cuda"
-        return DistributedDataParallel(spass, device_ids=[env.local_rank] if cuda else None), tpass
-    return spass, tpass
+        return spass, tpass
+    return wrap_ddp(spass, env), tpass
 
 
 def build_loader(cfg: Config, env: DistEnv) -> tuple[DataLoader, ResumableBatchSampler]:
+    """The pretraining loader: per-sample seeded multi-crop + masks, batches of this rank's share."""
     a, d = cfg.augmentation, cfg.data
     paths, _, _ = scan_images(d.root, d.layout)
     aug = MultiCropAugmentation(
@@ -108,47 +193,34 @@ def build_loader(cfg: Config, env: DistEnv) -> tuple[DataLoader, ResumableBatchS
     return loader, sampler
 
 
-def train(cfg: Config, work_dir: str, resume: bool | str = True, device: str | None = None) -> dict:
-    """Run pretraining as configured; returns the last logged record.
-
-    ``resume``: True = continue from the newest checkpoint in ``work_dir`` if any, a path = from
-    that checkpoint, False = start fresh (refuses to overwrite a work dir that has checkpoints).
-    """
-    env = init_distributed(device)
-    try:
-        return _train(cfg, work_dir, resume, env)
-    finally:
-        shutdown(env)
-
-
-def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict:
-    os.makedirs(work_dir, exist_ok=True)
-    if env.is_main:
-        cfg.dump(os.path.join(work_dir, "config.py"))
-    loader, sampler = build_loader(cfg, env)
-    niter = sampler.batches_per_epoch
-    epochs = cfg.train.epochs
-    total = epochs * niter
-
-    # Identical initial weights on every rank: the teacher is not DDP, and FSDP shards each rank's copy.
+def _build_models(cfg: Config, env: DistEnv) -> tuple[nn.Module, nn.Module, iBOTLoss]:
+    """Student, teacher and loss on the device, seeded for identical initial weights on every rank (the
+    teacher is not DDP, and FSDP shards each rank's copy)."""
     torch.manual_seed(cfg.train.seed)
     student, teacher = build_student_teacher(**cfg.model)
     torch.manual_seed(cfg.train.seed + env.rank)  # drop-path draws differ per rank, like the official
     student.to(env.device)
     teacher.to(env.device)
-    a, lo, o = cfg.augmentation, cfg.loss, cfg.optim
+    a, lo = cfg.augmentation, cfg.loss
+    shared = cfg.model.shared_head or cfg.model.shared_head_teacher
     loss = iBOTLoss(
-        cfg.model.out_dim, cfg.model.out_dim if (cfg.model.shared_head or cfg.model.shared_head_teacher)
-        else cfg.model.patch_out_dim, a.global_crops_number, a.local_crops_number,
-        lo.warmup_teacher_temp, lo.teacher_temp, lo.warmup_teacher_patch_temp, lo.teacher_patch_temp,
-        lo.warmup_teacher_temp_epochs, epochs, lambda1=lo.lambda1, lambda2=lo.lambda2,
-        mim_start_epoch=cfg.masking.pred_start_epoch).to(env.device)
-    cuda = env.device.type == "cuda"
+        cfg.model.out_dim, cfg.model.out_dim if shared else cfg.model.patch_out_dim, a.global_crops_number,
+        a.local_crops_number, lo.warmup_teacher_temp, lo.teacher_temp, lo.warmup_teacher_patch_temp,
+        lo.teacher_patch_temp, lo.warmup_teacher_temp_epochs, cfg.train.epochs, lambda1=lo.lambda1,
+        lambda2=lo.lambda2, mim_start_epoch=cfg.masking.pred_start_epoch).to(env.device)
+    return student, teacher, loss
+
+
+def _build_step(cfg: Config, env: DistEnv, student: nn.Module, teacher: nn.Module, loss: iBOTLoss,
+                niter: int) -> tuple[iBOTTrainStep, bool]:
+    """(the train step with its optimizer, schedules and wrapped passes, whether it is FSDP-sharded)."""
+    o, epochs = cfg.optim, cfg.train.epochs
     sharded = _sharded(cfg, env)
     # Before the optimizer: FSDP replaces the parameters with sharded ones.
     spass, tpass = _wrap(student, teacher, cfg.train.head_on_masked_only, sharded, env)
     if sharded and env.is_main:
         print(f"FSDP: student and teacher sharded over {env.world} processes", flush=True)
+    cuda = env.device.type == "cuda"
     optimizer = torch.optim.AdamW(param_groups(student), **({"fused": True} if cuda else {"foreach": True}))
     batch = cfg.data.batch_size_per_gpu * env.world
     lr = cosine_scheduler(o.lr * batch / 256.0, o.min_lr, epochs, niter, warmup_epochs=o.warmup_epochs)
@@ -156,108 +228,146 @@ def _train(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> dict
     mom = cosine_scheduler(o.momentum_teacher, 1.0, epochs, niter)
     dtype, use_scaler = _amp(cfg, env.device)
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-
     if cfg.train.compile:
         spass = torch.compile(spass)
-    grid = a.global_crop_size // cfg.model.patch_size
+    grid = cfg.augmentation.global_crop_size // cfg.model.patch_size
     step = iBOTTrainStep(
         student, teacher, loss, optimizer, lr, wd, mom, clip_grad=o.clip_grad,
         freeze_last_layer=o.freeze_last_layer, head_on_masked_only=cfg.train.head_on_masked_only,
         max_masked=max_masked_tokens((grid, grid), cfg.masking.pred_ratio, cfg.masking.pred_ratio_var),
         autocast_dtype=dtype, scaler=scaler, student_pass=spass, teacher_forward=tpass)
+    return step, sharded
 
-    start = 0
-    ckpt_path = latest_checkpoint(work_dir) if resume is True else (resume or None)
+
+def _checkpoint_to_resume(work_dir: str, resume: bool | str) -> str | None:
+    """The checkpoint to continue from (``resume``: True = newest in the work dir, a path, False = none;
+    False refuses a work dir that already has checkpoints)."""
     if resume is False and latest_checkpoint(work_dir):
         raise FileExistsError(f"{work_dir} already holds checkpoints; resume, or choose another work dir")
-    if ckpt_path:
-        start = _restore(ckpt_path, student, teacher, loss, optimizer, scaler, sharded, env)
-        if env.is_main:
-            print(f"resumed from {ckpt_path} at iteration {start}/{total}", flush=True)
+    return latest_checkpoint(work_dir) if resume is True else (resume or None)
+
+
+def _build_knn(cfg: Config, env: DistEnv) -> KNNMonitor | None:
+    """The k-NN monitor on rank 0 (None elsewhere, and when ``monitor.knn.root`` is None)."""
     knn_cfg = dict(cfg.monitor.knn)
-    knn_every = knn_cfg.pop("interval_epochs")
-    knn_on = knn_cfg["root"] is not None
-    knn = KNNMonitor(**knn_cfg) if knn_on and env.is_main else None
-    device_aug = None
-    if cfg.data.get("gpu_augment"):
-        device_aug = BatchedMultiCrop(
-            tuple(a.global_crops_scale), tuple(a.local_crops_scale), a.global_crops_number,
-            a.local_crops_number, a.global_crop_size, a.local_crop_size).to(env.device)
-    images_per_iter = batch * (a.global_crops_number + a.local_crops_number)
-    monitor = Monitor(work_dir, total, start, train_flops_per_image(cfg) / (a.global_crops_number + a.local_crops_number),
-                      env.device, env.world, cfg.log.tensorboard, enabled=env.is_main)
-    record: dict = {}
-    acc = torch.zeros(4, device=env.device)  # cls, patch, loss, non-finite count since the last log
-    bad_files = torch.zeros((), device=env.device)
-    n_acc = 0
-    it = start
+    knn_cfg.pop("interval_epochs")
+    if knn_cfg["root"] is None or not env.is_main:
+        return None
+    return KNNMonitor(**knn_cfg)
+
+
+def _build_device_aug(cfg: Config, env: DistEnv) -> BatchedMultiCrop | None:
+    """``data.gpu_augment``: the batched multi-crop on the device (workers then only decode)."""
+    if not cfg.data.get("gpu_augment"):
+        return None
+    a = cfg.augmentation
+    return BatchedMultiCrop(
+        tuple(a.global_crops_scale), tuple(a.local_crops_scale), a.global_crops_number,
+        a.local_crops_number, a.global_crop_size, a.local_crop_size).to(env.device)
+
+
+def build_run(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> PretrainRun:
+    """Every piece of a run, restored from a checkpoint when resuming (see :func:`train` for ``resume``).
+
+    The order of the steps is part of the numbers: model initialisation and the drop-path stream are
+    seeded here.
+    """
+    os.makedirs(work_dir, exist_ok=True)
+    if env.is_main:
+        cfg.dump(os.path.join(work_dir, "config.py"))
+    loader, sampler = build_loader(cfg, env)
+    student, teacher, loss = _build_models(cfg, env)
+    step, sharded = _build_step(cfg, env, student, teacher, loss, sampler.batches_per_epoch)
+    run = PretrainRun(cfg, work_dir, env, loader, sampler, step, sharded)
+    ckpt_path = _checkpoint_to_resume(work_dir, resume)
+    if ckpt_path:
+        run.start = _restore(ckpt_path, run)
+        if env.is_main:
+            print(f"resumed from {ckpt_path} at iteration {run.start}/{run.total}", flush=True)
+    run.knn = _build_knn(cfg, env)
+    run.device_aug = _build_device_aug(cfg, env)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------- loop
+def train(cfg: Config, work_dir: str, resume: bool | str = True, device: str | None = None) -> dict[str, Any]:
+    """Run pretraining as configured; returns the last logged record.
+
+    ``resume``: True = continue from the newest checkpoint in ``work_dir`` if any, a path = from
+    that checkpoint, False = start fresh (refuses to overwrite a work dir that has checkpoints).
+    """
+    env = init_distributed(device)
     try:
-        for epoch in range(start // niter, epochs):
-            sampler.state.epoch, sampler.state.batch = epoch, it - epoch * niter
-            for crops, masks, n_bad in loader:
-                if device_aug is not None:
-                    canvases, sizes = (t.to(env.device, non_blocking=True) for t in crops)
-                    # Seeded per (epoch, iteration, rank): resumes reproduce the same crops.
-                    crops = device_aug(canvases, sizes, seed=sample_seed(cfg.train.seed, epoch, it * env.world + env.rank))
-                else:
-                    crops = [c.to(env.device, non_blocking=True) for c in crops]
-                masks = [m.to(env.device, non_blocking=True) for m in masks]
-                out = step(crops, masks, epoch, it)
+        return run_loop(build_run(cfg, work_dir, resume, env))
+    finally:
+        shutdown()
+
+
+def _device_batch(run: PretrainRun, crops: Any, masks: list[Tensor], epoch: int,
+                  it: int) -> tuple[list[Tensor], list[Tensor]]:
+    """One loader batch on the device: crops (B, 3, S, S) per crop, masks (B, h, w) per global crop.
+
+    With ``data.gpu_augment`` the loader yields (canvases (B, 3, L, L), sizes (B, 2)) and the crops are cut
+    here, seeded per (epoch, iteration, rank) so that a resumed run reproduces them.
+    """
+    env = run.env
+    if run.device_aug is not None:
+        canvases, sizes = (t.to(env.device, non_blocking=True) for t in crops)
+        crops = run.device_aug(canvases, sizes,
+                               seed=sample_seed(run.cfg.train.seed, epoch, it * env.world + env.rank))
+    else:
+        crops = [c.to(env.device, non_blocking=True) for c in crops]
+    return crops, [m.to(env.device, non_blocking=True) for m in masks]
+
+
+def run_loop(run: PretrainRun) -> dict[str, Any]:
+    """Train from ``run.start`` to the configured epochs, log, checkpoint, run the k-NN monitor, and export
+    the teacher backbone; returns the last logged record."""
+    cfg, env = run.cfg, run.env
+    monitor = Monitor(run.work_dir, run.total, run.start, train_flops_per_image(cfg) / run.crops_per_image,
+                      env.device, env.world, cfg.log.tensorboard, enabled=env.is_main)
+    record: dict[str, Any] = {}
+    meter = _Meter(env.device)
+    it = run.start
+    try:
+        for epoch in range(run.start // run.niter, cfg.train.epochs):
+            run.sampler.state.epoch, run.sampler.state.batch = epoch, it - epoch * run.niter
+            for crops, masks, n_bad in run.loader:
+                crops, masks = _device_batch(run, crops, masks, epoch, it)
+                meter.add(run.step(crops, masks, epoch, it), n_bad)
                 it += 1
-                terms = torch.stack((out["cls"], out["patch"], out["loss"]))
-                acc[:3] += terms
-                acc[3] += (~torch.isfinite(out["loss"])).float()
-                bad_files += n_bad.to(env.device)
-                n_acc += 1
-                last = it == total or it % niter == 0
+                last = it == run.total or it % run.niter == 0
                 ckpt_due = last or (cfg.checkpoint.interval_iters and it % cfg.checkpoint.interval_iters == 0)
                 if it % cfg.log.interval == 0 or ckpt_due:
-                    record = _log(monitor, acc, n_acc, bad_files, step, epoch, it, images_per_iter, env)
-                    acc.zero_()
-                    n_acc = 0
+                    record = _log(run, monitor, meter, epoch, it)
+                    meter.reset()
                 if ckpt_due:
-                    _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sharded, env)
-            if knn_on and ((epoch + 1) % knn_every == 0 or epoch + 1 == epochs):
-                backbone = _knn_backbone(cfg, teacher, sharded, env)  # a collective under FSDP
-                if knn is not None:
-                    top1 = knn(backbone, env.device)
-                    monitor.log_scalars(it, {"knn_top1": top1})
-                    record = {**record, "knn_top1": top1}
-                barrier(env)
+                    _save(run, it)
+            if run.knn_enabled and ((epoch + 1) % cfg.monitor.knn.interval_epochs == 0
+                                    or epoch + 1 == cfg.train.epochs):
+                record = {**record, **_monitor_knn(run, monitor, it)}
     finally:
         monitor.close()
-    teacher_sd = full_model_state(teacher) if sharded else teacher.state_dict()  # FSDP: a collective
-    if env.is_main:
-        path = os.path.join(work_dir, "teacher_backbone.pth")
-        save_file({"state_dict": _backbone_state(teacher_sd)}, path)
-        print(f"done: {it} iterations; teacher backbone for downstream use: {path}", flush=True)
-    barrier(env)
+    _export_teacher(run, it)
     return record
 
 
-def _backbone_state(model_sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k[len("backbone."):]: v.detach().cpu() for k, v in model_sd.items() if k.startswith("backbone.")}
+def _monitor_knn(run: PretrainRun, monitor: Monitor, it: int) -> dict[str, float]:
+    """k-NN top-1 of the teacher on rank 0 (``{}`` elsewhere); every rank calls this."""
+    backbone = _knn_backbone(run)  # a collective under FSDP
+    out = {}
+    if run.knn is not None:
+        out["knn_top1"] = run.knn(backbone, run.env.device)
+        monitor.log_scalars(it, out)
+    barrier()
+    return out
 
 
-def _knn_backbone(cfg: Config, teacher: torch.nn.Module, sharded: bool, env: DistEnv) -> iBOTViT | None:
-    """The teacher backbone for the k-NN monitor on rank 0. Under FSDP the shards are gathered (all
-    ranks call this) into a plain copy: the monitor runs on rank 0 alone, and a sharded forward would
-    wait for the other ranks."""
-    if not sharded:
-        return teacher.backbone
-    sd = full_model_state(teacher)
-    if not env.is_main:
-        return None
-    m = cfg.model
-    vit = build_vit(m.arch, patch_size=m.patch_size, img_size=m.img_size, **dict(m.vit_overrides))
-    vit.load_state_dict(_backbone_state(sd))
-    return vit.to(env.device)
-
-
-def _log(monitor: Monitor, acc: torch.Tensor, n: int, bad_files: torch.Tensor, step: iBOTTrainStep,
-         epoch: int, it: int, images_per_iter: int, env: DistEnv) -> dict:
-    vals = all_reduce_mean(acc, env)
-    vals = vals.tolist()  # the host sync of this interval
+def _log(run: PretrainRun, monitor: Monitor, meter: _Meter, epoch: int, it: int) -> dict[str, Any]:
+    """Mean losses since the last log over all processes, schedules and skipped files, written by the
+    monitor; raises :class:`NonFiniteLossError` on a non-finite loss."""
+    step, n = run.step, meter.n
+    vals = all_reduce_mean(meter.terms).tolist()  # the host sync of this interval
     if vals[3] > 0 or not math.isfinite(vals[2]):
         raise NonFiniteLossError(
             f"non-finite loss between iterations {it - n + 1} and {it} (epoch {epoch}); stopping. The last "
@@ -267,66 +377,99 @@ def _log(monitor: Monitor, acc: torch.Tensor, n: int, bad_files: torch.Tensor, s
                    momentum=float(step.momentum_schedule[it - 1]), epoch=epoch,
                    teacher_temp=float(step.loss.teacher_temp_schedule[epoch]),
                    teacher_patch_temp=float(step.loss.teacher_temp2_schedule[epoch]),
-                   skipped_files=float(all_reduce_mean(bad_files, env).item() * env.world))
-    return monitor.log(it, scalars, images_per_iter)
+                   skipped_files=float(all_reduce_mean(meter.bad_files).item() * run.env.world))
+    return monitor.log(it, scalars, run.images_per_iter)
 
 
-def _rng_states(env: DistEnv) -> list[torch.Tensor]:
-    own = [torch.get_rng_state()]
-    if env.device.type == "cuda":
-        own.append(torch.cuda.get_rng_state(env.device))
-    if env.world == 1:
-        return own
-
-    gathered: list = [None] * env.world
-    dist.all_gather_object(gathered, own)
-    return [s for per_rank in gathered for s in per_rank]  # flattened, rank-major
+# -------------------------------------------------------------------------------------- teacher backbone
+def _backbone_state(model_sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k[len("backbone."):]: v.detach().cpu() for k, v in model_sd.items() if k.startswith("backbone.")}
 
 
-def _weights(student: torch.nn.Module, teacher: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             sharded: bool, env: DistEnv) -> dict:
+def _knn_backbone(run: PretrainRun) -> iBOTViT | None:
+    """The teacher backbone for the k-NN monitor on rank 0. Under FSDP the shards are gathered (all
+    ranks call this) into a plain copy: the monitor runs on rank 0 alone, and a sharded forward would
+    wait for the other ranks."""
+    teacher = run.step.teacher
+    if not run.sharded:
+        return teacher.backbone
+    sd = full_model_state(teacher)
+    if not run.env.is_main:
+        return None
+    m = run.cfg.model
+    vit = build_vit(m.arch, patch_size=m.patch_size, img_size=m.img_size, **dict(m.vit_overrides))
+    vit.load_state_dict(_backbone_state(sd))
+    return vit.to(run.env.device)
+
+
+def export_source(run: PretrainRun, it: int) -> dict[str, Any]:
+    """The ``source`` entry of the exported backbone file: what made these weights."""
+    config = run.cfg.filename or os.path.join(run.work_dir, "config.py")  # a Config built in code: the dump
+    return {"kind": "ibot-pretrain", "work_dir": os.path.abspath(run.work_dir), "epoch": it // run.niter,
+            "iteration": it, "config": os.path.abspath(config)}
+
+
+def _export_teacher(run: PretrainRun, it: int) -> None:
+    """Write ``<work_dir>/teacher_backbone.pth``, a self-describing backbone file (every rank calls this:
+    gathering FSDP shards is a collective)."""
+    teacher = run.step.teacher
+    teacher_sd = full_model_state(teacher) if run.sharded else teacher.state_dict()
+    if run.env.is_main:
+        path = os.path.join(run.work_dir, TEACHER_BACKBONE)
+        save_backbone(path, _backbone_state(teacher_sd), describe_backbone(teacher.backbone),
+                      source=export_source(run, it))
+        print(f"done: {it} iterations; teacher backbone for downstream use: {path}", flush=True)
+    barrier()
+
+
+# ----------------------------------------------------------------------------------------- checkpoints
+def _weights(run: PretrainRun) -> dict[str, Any]:
     """student, teacher and optimizer state dicts on rank 0 as DDP writes them (under FSDP gathered
     from the shards: a collective); ``{}`` on the other ranks."""
-    if sharded:
-        return dict(student=full_model_state(student), teacher=full_model_state(teacher),
-                    optimizer=full_optimizer_state(optimizer))
-    if not env.is_main:
+    step = run.step
+    if run.sharded:
+        return dict(student=full_model_state(step.student), teacher=full_model_state(step.teacher),
+                    optimizer=full_optimizer_state(step.optimizer))
+    if not run.env.is_main:
         return {}
-    return dict(student=student.state_dict(), teacher=teacher.state_dict(), optimizer=optimizer.state_dict())
+    return dict(student=step.student.state_dict(), teacher=step.teacher.state_dict(),
+                optimizer=step.optimizer.state_dict())
 
 
-def _save(work_dir, cfg, it, niter, student, teacher, loss, optimizer, scaler, sharded, env) -> None:
-    rng = _rng_states(env)  # a collective: every rank calls it
-    weights = _weights(student, teacher, optimizer, sharded, env)
-    if env.is_main:
+def _save(run: PretrainRun, it: int) -> None:
+    """Checkpoint the full training state after ``it`` iterations (every rank calls this)."""
+    rng = gathered_rng_states(run.env.device)  # a collective: every rank's RNG snapshot, in rank order
+    weights = _weights(run)
+    if run.env.is_main:
+        step, niter, cfg = run.step, run.niter, run.cfg
         state = dict(
-            **weights, ibot_loss=loss.state_dict(), fp16_scaler=scaler.state_dict() if scaler else None,
+            **weights, ibot_loss=step.loss.state_dict(),
+            fp16_scaler=step.scaler.state_dict() if step.scaler else None,
             epoch=it // niter, iteration=it, sampler=dict(epoch=it // niter, batch=it % niter),
-            rng=rng, world_size=env.world, config=cfg.to_dict())
-        save_checkpoint(state, work_dir, cfg.checkpoint.keep_last, cfg.checkpoint.saveckp_freq, niter)
-    barrier(env)
+            rng=rng, world_size=run.env.world, config=cfg.to_dict())
+        save_checkpoint(state, run.work_dir, cfg.checkpoint.keep_last, cfg.checkpoint.saveckp_freq, niter)
+    barrier()
 
 
-def _restore(path, student, teacher, loss, optimizer, scaler, sharded: bool, env: DistEnv) -> int:
+def _restore(path: str, run: PretrainRun) -> int:
+    """Load a checkpoint into the run's models, optimizer, loss centers, scaler and this rank's RNGs;
+    returns the iterations it had done."""
     state = load_checkpoint(path)  # every rank reads the full state; FSDP keeps its own shards
-    if sharded:
-        load_full_model_state(student, state["student"])
-        load_full_model_state(teacher, state["teacher"])
-        load_full_optimizer_state(optimizer, state["optimizer"])
+    step, env = run.step, run.env
+    if run.sharded:
+        load_full_model_state(step.student, state["student"])
+        load_full_model_state(step.teacher, state["teacher"])
+        load_full_optimizer_state(step.optimizer, state["optimizer"])
     else:
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-    loss.load_state_dict(state["ibot_loss"])
-    if scaler is not None and state.get("fp16_scaler"):
-        scaler.load_state_dict(state["fp16_scaler"])
-    per_rank = 2 if env.device.type == "cuda" else 1
+        step.student.load_state_dict(state["student"])
+        step.teacher.load_state_dict(state["teacher"])
+        step.optimizer.load_state_dict(state["optimizer"])
+    step.loss.load_state_dict(state["ibot_loss"])
+    if step.scaler is not None and state.get("fp16_scaler"):
+        step.scaler.load_state_dict(state["fp16_scaler"])
     rng = state["rng"]
-    if state.get("world_size") == env.world and len(rng) == per_rank * env.world:
-        mine = rng[env.rank * per_rank:(env.rank + 1) * per_rank]
-        torch.set_rng_state(mine[0].cpu())
-        if per_rank == 2:
-            torch.cuda.set_rng_state(mine[1].cpu(), env.device)
+    if state.get("world_size") == env.world and len(rng) == env.world:
+        set_rng_state(rng[env.rank], env.device)
     else:
         log.warning("checkpoint was written by %s processes, now %s: drop-path RNG streams restart "
                     "(training continues, but not bit-identically)", state.get("world_size"), env.world)

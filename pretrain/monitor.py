@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 
 import torch
 from tqdm import tqdm
+
+from ibot.records import json_safe
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of GPUs we know, for MFU; None elsewhere.
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -93,8 +94,7 @@ class Monitor:
         rec["eta_s"] = rate * (self.total - it)
         self._t, self._it = now, it
         if self.enabled:
-            self.jsonl.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else str(v))
-                                         for k, v in rec.items()}) + "\n")
+            self.jsonl.write(json.dumps(json_safe(rec)) + "\n")  # non-finite values as null, as in records
             if self.tb is not None:
                 for k, v in rec.items():
                     if k != "iteration":
@@ -111,7 +111,7 @@ class Monitor:
         """Record extra scalars (e.g. the k-NN monitor) at iteration ``it``."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"iteration": it, **scalars}) + "\n")
+        self.jsonl.write(json.dumps(json_safe({"iteration": it, **scalars})) + "\n")
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(f"monitor/{k}", v, it)

@@ -8,7 +8,7 @@ pixel space.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -180,8 +180,3 @@ class ImageListDataset(Dataset):
         img = resize_center_crop(load_rgb(s.path), self.resize, self.crop)
         return {"image": to_tensor(img), "label": s.label, "index": i}
 
-
-def check_same_size(items: Sequence[Tensor]) -> None:
-    shapes = {tuple(t.shape) for t in items}
-    if len(shapes) > 1:
-        raise ValueError(f"images of different sizes in one batch: {sorted(shapes)}; set a crop size")

@@ -16,8 +16,9 @@ Differences from mmdet's ``tools/analysis_tools/test_robustness.py`` (which this
 * bbox **and** segm (any metric the evaluator returns) are summarised, and segmentation configs are supported;
 * the insertion point is found by type (the loading step), not hard-coded at index 1.
 
-Multi-GPU: launch ``tools/robustness_dense.py`` with ``torchrun --nproc_per_node=N ... --launcher pytorch``; all
-ranks evaluate each cell (mmengine's distributed sampler + metric collection), rank 0 writes the result file.
+Multi-GPU: launch ``tools/robustness_dense.py`` (``python -m robustness.cli dense``) with ``torchrun
+--nproc_per_node=N ... --launcher pytorch``; all ranks evaluate each cell (mmengine's distributed sampler + metric
+collection), rank 0 writes the result file.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import logging
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,14 @@ from mmengine.registry import TRANSFORMS
 from ibot.compat.imagecorruptions import corrupt
 
 from .corruptions import sample_seed
+from .engine import progress_bar
 from .metrics import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, SEVERITIES, dense_summary
 from .store import ResultStore
 
 __all__ = [
     "CorruptRGB",
     "DEFAULT_METRICS",
+    "DenseSettings",
     "insert_corruption",
     "run_dense",
     "summarize",
@@ -146,110 +150,163 @@ def _task_of(cfg: Any) -> str:
     raise ValueError(f"cannot tell detection from segmentation: default_scope={scope!r}; pass task=")
 
 
-def run_dense(
-    config: str | os.PathLike[str],
-    checkpoint: str | os.PathLike[str] | None,
-    out: str | os.PathLike[str],
-    *,
-    corruptions: Sequence[str] = BENCHMARK_CORRUPTIONS,
-    severities: Sequence[int] = SEVERITIES,
-    seed: int = 0,
-    task: str | None = None,
-    model_name: str | None = None,
-    work_dir: str | os.PathLike[str] | None = None,
-    cfg_options: Mapping[str, Any] | None = None,
-    launcher: str = "none",
-    trust_checkpoint: bool = False,
-    corrupt_after: str | None = None,
-    restart: bool = False,
-    progress: bool = True,
-    on_cell_done: Callable[[str, dict, Any], None] | None = None,
-) -> dict:
-    """Evaluate clean + every (corruption, severity) cell of an mmdet / mmseg config; return the summary.
+@dataclass(frozen=True)
+class DenseSettings:
+    """How :func:`run_dense` evaluates a config (everything but the config, checkpoint and result file).
 
-    ``out``: the result JSON (resumable). ``task``: ``'det_c'`` / ``'seg_c'`` (default from ``default_scope``).
-    ``checkpoint=None`` evaluates the randomly initialised model (pipeline tests only).
-    ``trust_checkpoint``: allow full unpickling of ``checkpoint`` (mmengine checkpoints pickle a ``HistoryBuffer``;
-    this executes code from the file — only for files you trust). ``on_cell_done(key, record, runner)`` is called
-    after each cell is stored.
+    Attributes:
+        corruptions, severities: the corrupted cells (plus ``clean``, always).
+        seed: base seed of the per-image corruption randomness and of the data loaders.
+        task: ``'det_c'`` / ``'seg_c'`` (default: from the config's ``default_scope``).
+        model_name: the name in reports (default: the config's stem).
+        work_dir: mmengine's work dir (default: ``<out dir>/work_dirs/<out stem>``).
+        cfg_options: config entries to override (mmengine ``merge_from_dict`` keys).
+        launcher: ``'none'`` / ``'pytorch'`` / ``'slurm'`` / ``'mpi'``.
+        trust_checkpoint: allow full unpickling of the checkpoint (mmengine checkpoints pickle a ``HistoryBuffer``;
+            this executes code from the file — only for files you trust).
+        corrupt_after: insert the corruption after this step type instead of after image loading.
+        restart: discard the task's stored cells and recompute.
+        progress: show a progress bar (rank 0).
     """
-    from mmengine.config import Config
-    from mmengine.dist import broadcast_object_list, is_main_process
-    from mmengine.runner import Runner
 
+    corruptions: Sequence[str] = BENCHMARK_CORRUPTIONS
+    severities: Sequence[int] = SEVERITIES
+    seed: int = 0
+    task: str | None = None
+    model_name: str | None = None
+    work_dir: str | os.PathLike[str] | None = None
+    cfg_options: Mapping[str, Any] | None = None
+    launcher: str = "none"
+    trust_checkpoint: bool = False
+    corrupt_after: str | None = None
+    restart: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.corruptions if c not in ALL_CORRUPTIONS]
+        if bad:
+            raise ValueError(f"unknown corruptions {bad}")
+        if self.task is not None and self.task not in DEFAULT_METRICS:
+            raise ValueError(f"task must be one of {sorted(DEFAULT_METRICS)}, got {self.task!r}")
+
+
+#: One cell: (key, corruption, severity); ``('clean', None, 0)`` is the uncorrupted one.
+_DenseCell = tuple[str, str | None, int]
+
+
+def _install_compat(checkpoint: str | os.PathLike[str] | None, trust: bool) -> None:
+    """imagecorruptions on current numpy / scikit-image, and mmengine's checkpoint policy (weights-only loads)."""
     from ibot.compat import imagecorruptions as ic_compat
     from ibot.compat import mmengine as mme_compat
 
     ic_compat.install()
     mme_compat.install()
-    if checkpoint is not None and trust_checkpoint:
+    if checkpoint is not None and trust:
         mme_compat.trust_checkpoint(checkpoint)
-    bad = [c for c in corruptions if c not in ALL_CORRUPTIONS]
-    if bad:
-        raise ValueError(f"unknown corruptions {bad}")
+
+
+def _load_config(config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None, out: Path,
+                 settings: DenseSettings) -> tuple[Any, str]:
+    """The mmengine config, ready for a test run of ``checkpoint``, and its task (``det_c`` / ``seg_c``)."""
+    from mmengine.config import Config
 
     cfg = Config.fromfile(os.fspath(config))
-    if cfg_options:
-        cfg.merge_from_dict(dict(cfg_options))
-    task = task or _task_of(cfg)
-    if task not in DEFAULT_METRICS:
-        raise ValueError(f"task must be one of {sorted(DEFAULT_METRICS)}, got {task!r}")
+    if settings.cfg_options:
+        cfg.merge_from_dict(dict(settings.cfg_options))
+    task = settings.task or _task_of(cfg)
+    # the config must import this module so that CorruptRGB is registered in the data-loader workers too
     imports = cfg.get("custom_imports", {}) or {}
     cfg.custom_imports = dict(imports=list(imports.get("imports", [])) + [__name__],
                               allow_failed_imports=imports.get("allow_failed_imports", False))
     cfg.load_from = os.fspath(checkpoint) if checkpoint is not None else None
     cfg.resume = False
-    cfg.launcher = launcher
-    out = Path(out)
-    cfg.work_dir = os.fspath(work_dir or out.parent / "work_dirs" / out.stem)
-    base_pipeline = list(_dataset_cfg(cfg.test_dataloader)["pipeline"])
+    cfg.launcher = settings.launcher
+    cfg.work_dir = os.fspath(settings.work_dir or out.parent / "work_dirs" / out.stem)
+    return cfg, task
 
-    runner = Runner.from_cfg(cfg)
-    main = is_main_process()
-    store = ResultStore(out, model=model_name or Path(os.fspath(config)).stem, writable=main,
+
+def _open_store(out: Path, config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None, cfg: Any,
+                task: str, settings: DenseSettings, writable: bool) -> ResultStore:
+    """The result file with the task's group opened under what changes results (config, weights, seed, placement)."""
+    store = ResultStore(out, model=settings.model_name or Path(os.fspath(config)).stem, writable=writable,
                         meta={f"{task}_config": os.fspath(config),
                               f"{task}_checkpoint": os.fspath(checkpoint) if checkpoint else None})
     group_cfg = {
         "config_sha1": hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16],
         "checkpoint": _file_digest(checkpoint) if checkpoint is not None else None,
-        "seed": seed,
-        "corrupt_after": corrupt_after,
+        "seed": settings.seed,
+        "corrupt_after": settings.corrupt_after,
     }
-    store.open_group(task, group_cfg, restart=restart)
+    store.open_group(task, group_cfg, restart=settings.restart)
+    return store
 
-    cells = [("clean", None, 0)] + [(f"{c}/{s}", c, s) for c in corruptions for s in severities]
-    pending = [c for c in cells if not store.has(task, c[0])]
-    shared = [pending]
-    broadcast_object_list(shared, src=0)  # every rank runs the same cells (rank 0's view of the file)
+
+def _pending_cells(store: ResultStore, task: str, settings: DenseSettings) -> list[_DenseCell]:
+    """The cells not stored yet, as rank 0 sees the file (every rank must run the same cells)."""
+    from mmengine.dist import broadcast_object_list
+
+    cells: list[_DenseCell] = [("clean", None, 0)]
+    cells += [(f"{c}/{s}", c, s) for c in settings.corruptions for s in settings.severities]
+    shared = [[c for c in cells if not store.has(task, c[0])]]
+    broadcast_object_list(shared, src=0)
     pending = shared[0]
     if len(pending) < len(cells):
-        logger.info("%s: %d of %d cells already in %s, skipped", task, len(cells) - len(pending), len(cells), out)
-    bar = None
-    if progress and main and pending:
-        from tqdm.auto import tqdm
+        logger.info("%s: %d of %d cells already in %s, skipped", task, len(cells) - len(pending), len(cells),
+                    store.path)
+    return pending
 
-        bar = tqdm(total=len(pending), desc=task, unit="cell", dynamic_ncols=True)
-    try:
-        for key, corruption, severity in pending:
-            loader_cfg = copy.deepcopy(cfg.test_dataloader)
-            ds = _dataset_cfg(loader_cfg)
-            ds["pipeline"] = (base_pipeline if severity == 0 else
-                              insert_corruption(base_pipeline, corruption, severity, seed=seed, after=corrupt_after))
-            runner.test_loop.dataloader = runner.build_dataloader(loader_cfg, seed=seed)
+
+def _run_cell(runner: Any, cfg: Any, base_pipeline: list, cell: _DenseCell, settings: DenseSettings) -> dict:
+    """Test the model on one cell's data loader; return the evaluator's scalar metrics + corruption / severity."""
+    key, corruption, severity = cell
+    loader_cfg = copy.deepcopy(cfg.test_dataloader)
+    _dataset_cfg(loader_cfg)["pipeline"] = (
+        base_pipeline if severity == 0 else
+        insert_corruption(base_pipeline, corruption, severity, seed=settings.seed, after=settings.corrupt_after))
+    runner.test_loop.dataloader = runner.build_dataloader(loader_cfg, seed=settings.seed)
+    metrics = runner.test()
+    record: dict[str, Any] = {k: float(v) for k, v in metrics.items()
+                              if isinstance(v, numbers.Real) or (isinstance(v, np.generic) and v.size == 1)}
+    record.update(corruption=corruption, severity=severity)
+    return record
+
+
+def run_dense(
+    config: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None,
+    out: str | os.PathLike[str],
+    settings: DenseSettings = DenseSettings(),
+    *,
+    on_cell_done: Callable[[str, dict, Any], None] | None = None,
+) -> dict:
+    """Evaluate clean + every (corruption, severity) cell of an mmdet / mmseg config; return the summary.
+
+    ``out``: the result JSON (resumable). ``checkpoint=None`` evaluates the randomly initialised model (pipeline
+    tests only). ``on_cell_done(key, record, runner)`` is called after each cell is stored.
+    """
+    from mmengine.dist import is_main_process
+    from mmengine.runner import Runner
+
+    _install_compat(checkpoint, settings.trust_checkpoint)
+    out = Path(out)
+    cfg, task = _load_config(config, checkpoint, out, settings)
+    if task not in DEFAULT_METRICS:
+        raise ValueError(f"task must be one of {sorted(DEFAULT_METRICS)}, got {task!r}")
+    base_pipeline = list(_dataset_cfg(cfg.test_dataloader)["pipeline"])
+    runner = Runner.from_cfg(cfg)
+    main = is_main_process()
+    store = _open_store(out, config, checkpoint, cfg, task, settings, writable=main)
+    pending = _pending_cells(store, task, settings)
+    with progress_bar(settings.progress and main and bool(pending), len(pending), task, "cell") as bar:
+        for cell in pending:
             if bar is not None:
-                bar.set_postfix_str(key)
-            metrics = runner.test()
-            record: dict[str, Any] = {k: float(v) for k, v in metrics.items()
-                                      if isinstance(v, numbers.Real) or (isinstance(v, np.generic) and v.size == 1)}
-            record.update(corruption=corruption, severity=severity)
-            store.put(task, key, record)
+                bar.set_postfix_str(cell[0])
+            record = _run_cell(runner, cfg, base_pipeline, cell, settings)
+            store.put(task, cell[0], record)
             if bar is not None:
                 bar.update(1)
             if on_cell_done is not None:
-                on_cell_done(key, record, runner)
-    finally:
-        if bar is not None:
-            bar.close()
+                on_cell_done(cell[0], record, runner)
     return summarize(store.cells(task), task)
 
 

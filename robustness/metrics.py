@@ -25,6 +25,7 @@ __all__ = [
     "bg_gap",
     "corruption_errors",
     "dense_summary",
+    "expand_corruptions",
     "imagenet_c_summary",
     "mean",
 ]
@@ -73,6 +74,23 @@ ALEXNET_ERR: Final[Mapping[str, float]] = MappingProxyType({
 #: torchvision's AlexNet; torchvision documents ``AlexNet_Weights.IMAGENET1K_V1`` acc@1 = 56.522 (error 43.478 %),
 #: matching the 43.5 % of Hendrycks & Dietterich (2019). Override it when you evaluate AlexNet in this harness.
 ALEXNET_CLEAN_ERR: Final[float] = 0.43478
+
+
+def expand_corruptions(names: Iterable[str]) -> list[str]:
+    """Corruption names and groups (``benchmark``, ``extra``, ``all``, ``noise``, ``blur``, ``weather``,
+    ``digital``) -> the corruption names, in order, without repeats; raises ``ValueError`` naming the choices."""
+    groups = {"benchmark": BENCHMARK_CORRUPTIONS, "extra": EXTRA_CORRUPTIONS, "all": ALL_CORRUPTIONS,
+              **CORRUPTION_GROUPS}
+    out: list[str] = []
+    for n in names:
+        if n in groups:
+            out += groups[n]
+        elif n in ALL_CORRUPTIONS:
+            out.append(n)
+        else:
+            raise ValueError(f"unknown corruption or group {n!r}; names: {list(ALL_CORRUPTIONS)}, groups: "
+                             f"benchmark, extra, all, {', '.join(CORRUPTION_GROUPS)}")
+    return list(dict.fromkeys(out))
 
 
 def mean(values: Iterable[float]) -> float:

@@ -3,25 +3,29 @@
 Tables follow the field's formats: ``Model | Clean err | mCE | rel. mCE`` (Hendrycks & Dietterich; hendrycks/robustness
 README), IN-9 variant accuracies with BG-Gap (Xiao et al.), occlusion accuracy per information loss (Naseer et al.),
 ``Model | P | mPC | rPC`` (Michaelis et al.). Plots (matplotlib, Agg): error vs severity per corruption, occlusion
-curves, background-variant bars, dense metric vs severity. The HTML page embeds every plot as a base64 PNG, so it is
-one file that can be mailed or archived; the Markdown file references the same PNGs written next to it.
+curves, background-variant bars, dense metric vs severity. The page is built once with :class:`ibot.report.Page`
+(the suite's report kit): the HTML file embeds every plot as a base64 PNG, so it is one file that can be mailed or
+archived; the Markdown file references the same PNGs written next to it.
 """
 from __future__ import annotations
 
-import base64
-import html
-import io
 import os
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+from ibot.records import schema_tag, write_record
+from ibot.report import Page
 
 from . import backgrounds, dense, imagenet_c, occlusion, ood
 from .metrics import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
-from .store import atomic_write_json, load_results
+from .store import load_results
 
-__all__ = ["build_report", "summarize_results"]
+__all__ = ["SUMMARY_SCHEMA", "build_report", "summarize_results"]
+
+#: Schema tag of ``summary.json`` (the :mod:`ibot.records` convention).
+SUMMARY_SCHEMA: Final = schema_tag("robustness-summary", 1)
 
 _VARIANT_TITLES = {"original": "Original", "only_fg": "Only-FG", "mixed_same": "Mixed-Same", "mixed_rand": "Mixed-Rand",
                    "mixed_next": "Mixed-Next", "no_fg": "No-FG", "only_bg_b": "Only-BG-B", "only_bg_t": "Only-BG-T"}
@@ -70,56 +74,6 @@ def _pct(x: float | None, digits: int = 1) -> str:
 
 def _num(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-class _Doc:
-    """Builds the Markdown and HTML bodies side by side."""
-
-    def __init__(self, plot_dir: Path) -> None:
-        self.md: list[str] = []
-        self.html: list[str] = []
-        self.plot_dir = plot_dir
-        self.plots: list[str] = []
-
-    def heading(self, text: str, level: int = 2) -> None:
-        self.md.append("#" * level + " " + text)
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def para(self, text: str) -> None:
-        self.md.append(text)
-        self.html.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-        if rows:
-            self.md.append(_md_table(header, rows))
-            self.html.append(_html_table(header, rows))
-
-    def figure(self, fig: Any, name: str, caption: str) -> None:
-        import matplotlib.pyplot as plt
-
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        png = buf.getvalue()
-        self.plot_dir.mkdir(parents=True, exist_ok=True)
-        (self.plot_dir / f"{name}.png").write_bytes(png)
-        self.plots.append(name)
-        self.md.append(f"![{caption}]({self.plot_dir.name}/{name}.png)")
-        b64 = base64.b64encode(png).decode()
-        self.html.append(f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{b64}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def _plt():
@@ -196,68 +150,68 @@ def _headline_columns(s: dict) -> dict[str, str]:
     return cols
 
 
-def _section_overview(doc: _Doc, summaries: Sequence[dict]) -> None:
+def _section_overview(page: Page, summaries: Sequence[dict]) -> None:
     per_model = [_headline_columns(s) for s in summaries]
     header = list(dict.fromkeys(k for cols in per_model for k in cols))
     if not header:
         return
-    doc.heading("Overview")
-    doc.table(["Model"] + header, [[s["model"]] + [cols.get(h, "–") for h in header]
+    page.heading("Overview")
+    page.table(["Model"] + header, [[s["model"]] + [cols.get(h, "–") for h in header]
                                    for s, cols in zip(summaries, per_model)])
-    doc.para("Accuracies and errors in %; occlusion at information loss 0.5; ↓ = lower is better. Details and "
+    page.para("Accuracies and errors in %; occlusion at information loss 0.5; ↓ = lower is better. Details and "
              "protocol notes in the sections below.")
 
 
-def _section_imagenet_c(doc: _Doc, summaries: Sequence[dict]) -> None:
+def _section_imagenet_c(page: Page, summaries: Sequence[dict]) -> None:
     models = [s for s in summaries if "imagenet_c" in s]
     if not models:
         return
-    doc.heading("ImageNet-C")
+    page.heading("ImageNet-C")
     rows = []
     for s in models:
         c = s["imagenet_c"]
         rows.append([s["model"], _pct(c["clean_err"]), _num(c["mce"]), _num(c["relative_mce"]),
                      _pct(c["mean_err_15"]), _pct(c["mean_err_19"]), c["baseline"]])
-    doc.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", "CE normalised by"], rows)
-    doc.para("Errors are top-1 in %. mCE = mean over the 15 benchmark corruptions of CE_c = 100 · mean_s err / "
+    page.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", "CE normalised by"], rows)
+    page.para("Errors are top-1 in %. mCE = mean over the 15 benchmark corruptions of CE_c = 100 · mean_s err / "
              "AlexNet err_c (lower is better; '–' when not all 15 × 5 cells were evaluated). 'mean err' columns are "
              "the "
              "un-normalised means over 15 / all 19 corruptions that hendrycks' and iBOT's scripts print. Corruptions "
              "computed on the fly differ from the released ImageNet-C JPEGs; normalise by an AlexNet evaluated the "
              "same way (--baseline) for a like-for-like CE.")
     present = [c for c in BENCHMARK_CORRUPTIONS if any(c in s["imagenet_c"]["corruption_err"] for s in models)]
-    doc.table(["Model (err %)"] + [_SHORT[c] for c in present],
+    page.table(["Model (err %)"] + [_SHORT[c] for c in present],
               [[s["model"]] + [_pct(s["imagenet_c"]["corruption_err"].get(c)) for c in present] for s in models])
     if any(s["imagenet_c"]["ce"] for s in models):
-        doc.table(["Model (CE)"] + [_SHORT[c] for c in present],
+        page.table(["Model (CE)"] + [_SHORT[c] for c in present],
                   [[s["model"]] + [_num(s["imagenet_c"]["ce"].get(c)) for c in present] for s in models])
     extra = [c for c in EXTRA_CORRUPTIONS if any(c in s["imagenet_c"]["extra"]["corruption_err"] for s in models)]
     if extra:
-        doc.heading("Extra (hold-out) corruptions — not part of mCE", 3)
-        doc.table(["Model (err %)"] + [_SHORT[c] for c in extra] + ["mean"],
+        page.heading("Extra (hold-out) corruptions — not part of mCE", 3)
+        page.table(["Model (err %)"] + [_SHORT[c] for c in extra] + ["mean"],
                   [[s["model"]] + [_pct(s["imagenet_c"]["extra"]["corruption_err"].get(c)) for c in extra]
                    + [_pct(s["imagenet_c"]["extra"]["mean_err"])] for s in models])
     series = {s["model"]: s["imagenet_c"]["errors"] for s in models}
     clean = {s["model"]: s["imagenet_c"]["clean_err"] for s in models}
-    doc.figure(_grid_plot(series, ALL_CORRUPTIONS, "top-1 err (%)", "ImageNet-C: error vs severity (dotted: clean)",
+    page.figure(_grid_plot(series, ALL_CORRUPTIONS, "top-1 err (%)", "ImageNet-C: error vs severity (dotted: clean)",
                           clean=clean),
                "imagenet_c_error_vs_severity", "ImageNet-C top-1 error vs severity, per corruption")
 
 
-def _section_occlusion(doc: _Doc, summaries: Sequence[dict]) -> None:
+def _section_occlusion(page: Page, summaries: Sequence[dict]) -> None:
     models = [s for s in summaries if "occlusion" in s]
     if not models:
         return
-    doc.heading("Occlusion (PatchDrop)")
+    page.heading("Occlusion (PatchDrop)")
     levels = sorted({lv for s in models for c in s["occlusion"]["curves"].values() for lv in c["level"]})
     rows = []
     for s in models:
         for mode, c in sorted(s["occlusion"]["curves"].items()):
             acc = dict(zip(c["level"], c["acc"]))
             rows.append([s["model"], mode] + [_pct(acc.get(lv)) for lv in levels])
-    doc.table(["Model", "mode"] + [f"IL {lv:.1f}" for lv in levels], rows)
+    page.table(["Model", "mode"] + [f"IL {lv:.1f}" for lv in levels], rows)
     cfg = models[0]["occlusion"].get("config", {})
-    doc.para(f"Top-1 accuracy (%) after dropping a fraction of a {cfg.get('grid', '?')} patch grid (information loss, "
+    page.para(f"Top-1 accuracy (%) after dropping a fraction of a {cfg.get('grid', '?')} patch grid (information loss, "
              f"IL). Dropped pixels: {cfg.get('fill', '?')}. salient / non_salient rank patches by the model's "
              "last-block "
              "[CLS] attention on the clean image (*_mask: by the foreground mask).")
@@ -275,19 +229,19 @@ def _section_occlusion(doc: _Doc, summaries: Sequence[dict]) -> None:
     axes[0, 0].set_ylabel("top-1 acc (%)")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    doc.figure(fig, "occlusion_curves", "Occlusion: accuracy vs information loss")
+    page.figure(fig, "occlusion_curves", "Occlusion: accuracy vs information loss")
 
 
-def _section_backgrounds(doc: _Doc, summaries: Sequence[dict]) -> None:
+def _section_backgrounds(page: Page, summaries: Sequence[dict]) -> None:
     models = [s for s in summaries if "backgrounds" in s]
     if not models:
         return
-    doc.heading("Background shift (ImageNet-9 variants)")
+    page.heading("Background shift (ImageNet-9 variants)")
     variants = [v for v in backgrounds.IN9_VARIANTS if any(v in s["backgrounds"]["acc"] for s in models)]
-    doc.table(["Model"] + [_VARIANT_TITLES[v] for v in variants] + ["BG-Gap"],
+    page.table(["Model"] + [_VARIANT_TITLES[v] for v in variants] + ["BG-Gap"],
               [[s["model"]] + [_pct(s["backgrounds"]["acc"].get(v)) for v in variants]
                + [_pct(s["backgrounds"]["bg_gap"])] for s in models])
-    doc.para("Top-1 accuracy (%). BG-Gap = Mixed-Same − Mixed-Rand (percentage points; smaller = less reliance on "
+    page.para("Top-1 accuracy (%). BG-Gap = Mixed-Same − Mixed-Rand (percentage points; smaller = less reliance on "
              "background correlations).")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(variants) * max(1, len(models)) ** 0.5), 3.0))
@@ -300,32 +254,32 @@ def _section_backgrounds(doc: _Doc, summaries: Sequence[dict]) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    doc.figure(fig, "background_variants", "Accuracy per background variant")
+    page.figure(fig, "background_variants", "Accuracy per background variant")
 
 
-def _section_ood(doc: _Doc, summaries: Sequence[dict]) -> None:
+def _section_ood(page: Page, summaries: Sequence[dict]) -> None:
     models = [s for s in summaries if "ood" in s]
     if not models:
         return
-    doc.heading("Out-of-distribution test sets")
+    page.heading("Out-of-distribution test sets")
     sets = [k for k in ood.OOD_SETS if any(k in s["ood"]["acc"] for s in models)]
-    doc.table(["Model"] + [_OOD_TITLES[k] for k in sets],
+    page.table(["Model"] + [_OOD_TITLES[k] for k in sets],
               [[s["model"]] + [_pct(s["ood"]["acc"].get(k)) for k in sets] for s in models])
-    doc.para("Top-1 accuracy (%). IN-A and IN-R: logits restricted to their 200 ImageNet classes.")
+    page.para("Top-1 accuracy (%). IN-A and IN-R: logits restricted to their 200 ImageNet classes.")
 
 
-def _section_dense(doc: _Doc, summaries: Sequence[dict], task: str, title: str) -> None:
+def _section_dense(page: Page, summaries: Sequence[dict], task: str, title: str) -> None:
     models = [s for s in summaries if task in s]
     if not models:
         return
-    doc.heading(title)
+    page.heading(title)
     rows = []
     for s in models:
         for metric, d in s[task].items():
             rows.append([s["model"], metric, _num(d["P"], 3), _num(d["mPC"], 3), _num(d["rPC"]),
                          "yes" if d["complete"] else f"no ({d['n_cells']} of 75 cells)"])
-    doc.table(["Model", "metric", "P", "mPC", "rPC (%)", "all 15 × 5"], rows)
-    doc.para("P = clean performance, mPC = mean over the 15 benchmark corruptions × severities 1–5, rPC = mPC / P "
+    page.table(["Model", "metric", "P", "mPC", "rPC (%)", "all 15 × 5"], rows)
+    page.para("P = clean performance, mPC = mean over the 15 benchmark corruptions × severities 1–5, rPC = mPC / P "
              "(Michaelis et al. 2019). Corruptions applied in RGB order right after image loading.")
     metrics = sorted({m for s in models for m in s[task]})
     series: dict[str, Mapping[str, Mapping[str, float]]] = {}
@@ -333,29 +287,16 @@ def _section_dense(doc: _Doc, summaries: Sequence[dict], task: str, title: str) 
     for metric in metrics:
         per = {s["model"]: s[task][metric]["per_corruption"] for s in models if metric in s[task]}
         present = [c for c in ALL_CORRUPTIONS if any(c in p for p in per.values())]
-        doc.table([f"Model ({metric})"] + [_SHORT[c] for c in present],
+        page.table([f"Model ({metric})"] + [_SHORT[c] for c in present],
                   [[m] + [_num(p.get(c), 3) for c in present] for m, p in per.items()])
         for s in models:
             if metric in s[task]:
                 label = s["model"] if len(metrics) == 1 else f"{s['model']} · {metric}"
                 series[label] = s[task][metric]["cells"]
                 clean[label] = s[task][metric]["P"]
-    doc.figure(_grid_plot(series, ALL_CORRUPTIONS, "value", f"{title}: metric vs severity (dotted: clean)",
+    page.figure(_grid_plot(series, ALL_CORRUPTIONS, "value", f"{title}: metric vs severity (dotted: clean)",
                           percent=False, clean=clean),
                f"{task}_vs_severity", f"{', '.join(metrics)} vs severity, per corruption")
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222;
-     padding:0 1em;line-height:1.45}
-h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em;display:block;overflow-x:auto}
-th,td{border:1px solid #ccc;padding:4px 8px;text-align:right;white-space:nowrap}
-th{background:#f0f0f0}td:first-child,th:first-child{text-align:left}
-tbody tr:nth-child(even){background:#fafafa}
-figure{margin:1em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#666;font-size:0.85em}
-p{max-width:70em}
-"""
 
 
 def build_report(result_files: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
@@ -366,26 +307,26 @@ def build_report(result_files: Sequence[str | os.PathLike[str]], out_dir: str | 
         raise ValueError("no result files")
     baseline = load_results(baseline_file) if baseline_file is not None else None
     summaries = [summarize_results(load_results(p), baseline=baseline) for p in result_files]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    doc = _Doc(out_dir / "plots")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc.para(f"Generated {stamp} from {len(result_files)} result file(s): "
-             + ", ".join(f"{s['model']}" for s in summaries) + ".")
-    _section_overview(doc, summaries)
-    _section_imagenet_c(doc, summaries)
-    _section_occlusion(doc, summaries)
-    _section_backgrounds(doc, summaries)
-    _section_ood(doc, summaries)
-    _section_dense(doc, summaries, "det_c", "Detection under corruption (COCO-C style)")
-    _section_dense(doc, summaries, "seg_c", "Segmentation under corruption (ADE20K-C style)")
-    md = f"# {title}\n\n" + "\n\n".join(doc.md) + "\n"
-    page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>\n" + "\n".join(doc.html)
-            + "\n</body></html>\n")
-    (out_dir / "report.md").write_text(md)
-    (out_dir / "report.html").write_text(page)
-    summary = {"title": title, "generated": stamp, "models": summaries, "plots": doc.plots,
+    page = _build_page(title, summaries, f"Generated {stamp} from {len(result_files)} result file(s): "
+                       + ", ".join(f"{s['model']}" for s in summaries) + ".")
+    out_dir = Path(out_dir)
+    page.write(out_dir)
+    summary = {"title": title, "generated": stamp, "models": summaries, "plots": list(page.figures),
                "sources": [os.fspath(p) for p in result_files]}
-    atomic_write_json(out_dir / "summary.json", summary)
+    write_record(out_dir / "summary.json", summary, schema=SUMMARY_SCHEMA)
     return summary
+
+
+def _build_page(title: str, summaries: Sequence[dict], intro: str) -> Page:
+    """Every section, in report order; a section without data adds nothing."""
+    page = Page(title)
+    page.para(intro)
+    _section_overview(page, summaries)
+    _section_imagenet_c(page, summaries)
+    _section_occlusion(page, summaries)
+    _section_backgrounds(page, summaries)
+    _section_ood(page, summaries)
+    _section_dense(page, summaries, "det_c", "Detection under corruption (COCO-C style)")
+    _section_dense(page, summaries, "seg_c", "Segmentation under corruption (ADE20K-C style)")
+    return page

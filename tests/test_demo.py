@@ -36,16 +36,18 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
         seg = json.loads(Path(suite["harnesses"]["seg"]["result"]).read_text())
         assert {"mIoU", "aAcc"} <= set(seg)
     page = (work / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and "random init" in page
-    assert 'href="suite/report/report.html"' in page and (work / "suite" / "report" / "report.html").is_file()
+    assert page.count("data:image/png;base64,") == 2 and "random init" in page  # loss curve + headline chart
+    # one report: the suite's page (its table, sub-report links) with the pretraining section added
+    assert "<h2>Evaluation suite</h2>" in page and 'href="leaderboard.html"' in page
+    assert 'href="suite/iBOT_demo/robustness/report/report.html"' in page
+    assert not (work / "suite" / "report").exists()
 
-    # The reports open in headless Chromium without errors, their plots decode, the screenshots are not blank.
+    # The report opens in headless Chromium without errors, its plots decode, the screenshot is not blank.
     shots = tmp_path / "shots"
     shots.mkdir()
-    render(work / "report.html", shots).assert_ok(min_images=2)
-    suite_page = render(work / "suite" / "report" / "report.html", shots)
-    suite_page.assert_ok(min_images=1)
-    assert suite_page.table_rows == 1 + len(HARNESSES)
+    rendered = render(work / "report.html", shots)
+    rendered.assert_ok(min_images=2)
+    assert rendered.table_rows == 1 + len(HARNESSES)
 
     # A second run reuses everything (no retraining, no re-evaluation) and rewrites the report.
     again = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--quick", "--work-dir", str(work)],
@@ -54,4 +56,4 @@ def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     assert again.stdout.count("done before, skipped") == 2 * len(HARNESSES), again.stdout[-3000:]
     for name in ("iBOT_demo", "random_init"):
         log = (work / "suite" / name / "det" / "log.txt").read_text()
-        assert log.count("tools/train.py") == 1, "detection was trained again on resume"
+        assert log.count("-m det.cli train") == 1, "detection was trained again on resume"

@@ -1,7 +1,9 @@
-"""tools/evaluate_backbone.py end to end on CPU: a tiny ViT (vit_tiny width, depth 2, patch 8, 32 px) through the
-k-NN, linear-probe and robustness harnesses (the real tools, as subprocesses) on a small generated scene data set;
-results.json, the combined report, resuming, the random-init baseline, a failing harness that does not stop the
-others, and the checkpoint formats (official full checkpoint only with --trust-checkpoint, timm, our pretraining)."""
+"""tools/evaluate_backbone.py (the suite runner, ``ibot.suite``) end to end on CPU: a tiny ViT (vit_tiny width,
+depth 2, patch 8, 32 px) through the k-NN, linear-probe and robustness harnesses (the real package CLIs, as
+subprocesses) on a small generated scene data set, with no shape flag: results.json, the combined report, resuming,
+the random-init baseline, a failing harness that does not stop the others, and the checkpoint formats (official
+full checkpoint only with --trust-checkpoint, files converted by tools/convert_checkpoint.py, timm, our
+pretraining)."""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +25,8 @@ from ibot.vit import build_vit
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = str(ROOT / "tools" / "evaluate_backbone.py")
-MODEL = ["--arch", "vit_tiny", "--patch-size", "8", "--img-size", "32", "--set", "model.depth=2"]
+#: the description of a `random` backbone (a file needs none: it describes itself or its tensors do)
+RANDOM_MODEL = ["--arch", "vit_tiny", "--patch-size", "8", "--img-size", "32", "--depth", "2"]
 
 
 def evaluate(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -82,7 +85,7 @@ def main_run(scenes, tmp_path_factory) -> dict:
     torch.save(tiny_vit().state_dict(), ckpt)
     cfg = data_config(scenes, tmp / "data.json")
     work = tmp / "work"
-    out = ok(evaluate(str(ckpt), *MODEL, "--suite", "knn", "linear", "robustness", "--data-config", cfg,
+    out = ok(evaluate(str(ckpt), "--suite", "knn", "linear", "robustness", "--data-config", cfg,
                       "--work-dir", str(work), "--name", "tiny"))
     return {"work": work, "ckpt": ckpt, "cfg": cfg, "out": out, "tmp": tmp}
 
@@ -90,7 +93,9 @@ def main_run(scenes, tmp_path_factory) -> dict:
 def test_suite_results_and_report(main_run) -> None:
     work = main_run["work"]
     rec = json.loads((work / "results.json").read_text())
-    assert rec["name"] == "tiny" and rec["arch"] == "vit_tiny"
+    assert rec["name"] == "tiny" and rec["schema"] == "ibot-suite/suite/2"
+    assert rec["model"] == {"family": "vit", "arch": None, "patch_size": 8, "img_size": 32, "embed_dim": 192,
+                            "depth": 2, "num_heads": 3}  # inferred from the flat file's tensors
     assert set(rec["harnesses"]) == {"knn", "linear", "robustness"}
     for h, metric in (("knn", "top1@k=5"), ("linear", "top1"), ("robustness", "mean shifted top-1")):
         e = rec["harnesses"][h]
@@ -104,10 +109,12 @@ def test_suite_results_and_report(main_run) -> None:
     # robustness ran the three tests with the probe's best head and the report tool
     rob = json.loads((work / "robustness" / "results.json").read_text())
     assert set(rob["groups"]) == {"imagenet_c", "occlusion", "backgrounds"}
-    assert rec["harnesses"]["robustness"]["n_last_blocks"] == 2 and rec["harnesses"]["robustness"]["avgpool"] == 2
+    assert rec["harnesses"]["robustness"]["feature"] == {"n_last_blocks": 2, "pooling": "cls+avgpool"}
     assert (work / "robustness" / "report" / "report.html").is_file()
     # the backbone every harness loaded is the checkpoint's tensors
-    bb = load_file(work / "backbone.pth")
+    bb_file = load_file(work / "backbone.pth")
+    assert bb_file["schema"] == "ibot-suite/backbone/1" and bb_file["model"] == rec["model"]
+    bb = bb_file["state_dict"]
     for k, v in torch.load(main_run["ckpt"]).items():
         if k != "masked_embed":
             assert torch.equal(bb[k], v), k
@@ -129,7 +136,7 @@ def test_suite_results_and_report(main_run) -> None:
 def test_resume_skips_finished(main_run) -> None:
     work = main_run["work"]
     stamp = (work / "knn" / "result.json").stat().st_mtime_ns
-    out = ok(evaluate(str(main_run["ckpt"]), *MODEL, "--suite", "knn", "linear", "robustness",
+    out = ok(evaluate(str(main_run["ckpt"]), "--suite", "knn", "linear", "robustness",
                       "--data-config", main_run["cfg"], "--work-dir", str(work), "--name", "tiny"))
     for h in ("knn", "linear", "robustness"):
         assert f"[suite] {h}: done before, skipped" in out, out
@@ -140,13 +147,14 @@ def test_resume_skips_finished(main_run) -> None:
 def test_random_baseline_and_side_by_side_report(main_run, scenes) -> None:
     tmp = main_run["tmp"]
     work = tmp / "random"
-    ok(evaluate("random", *MODEL, "--suite", "knn", "--data-config", main_run["cfg"], "--work-dir", str(work),
+    ok(evaluate("random", *RANDOM_MODEL, "--suite", "knn", "--data-config", main_run["cfg"], "--work-dir", str(work),
                 "--name", "random-init"))
     rec = json.loads((work / "results.json").read_text())
     assert rec["checkpoint"] == "random" and rec["harnesses"]["knn"]["status"] == "ok"
     # the random backbone is the seeded initialisation, not the pretrained file
-    assert not torch.equal(load_file(work / "backbone.pth")["blocks.0.attn.qkv.weight"],
-                           load_file(main_run["work"] / "backbone.pth")["blocks.0.attn.qkv.weight"])
+    assert not torch.equal(load_file(work / "backbone.pth")["state_dict"]["blocks.0.attn.qkv.weight"],
+                           load_file(main_run["work"] / "backbone.pth")["state_dict"]["blocks.0.attn.qkv.weight"])
+    assert rec["model"]["depth"] == 2 and rec["model"]["embed_dim"] == 192
     out = tmp / "compare"
     ok(evaluate("--report", str(main_run["work"]), str(work), "--out", str(out)))
     md = (out / "report.md").read_text()
@@ -164,7 +172,7 @@ def test_failing_harness_does_not_stop_the_others(scenes, tmp_path) -> None:
     torch.save(tiny_vit().state_dict(), ckpt)
     cfg = data_config(scenes, tmp_path / "bad.json", knn=dict(batch_size=16, options={"no_such_key": 1}))
     work = tmp_path / "work"
-    proc = evaluate(str(ckpt), *MODEL, "--suite", "knn", "linear", "--data-config", cfg, "--work-dir", str(work))
+    proc = evaluate(str(ckpt), "--suite", "knn", "linear", "--data-config", cfg, "--work-dir", str(work))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     log = work / "knn" / "log.txt"
     assert "FAILED knn" in proc.stderr and str(log) in proc.stderr
@@ -177,16 +185,19 @@ def test_failing_harness_does_not_stop_the_others(scenes, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ checkpoint formats
-def _suite_args(ckpt, work, **kw):
-    from transfer.suite import SuiteArgs
+def _request(ckpt, work, **kw):
+    from ibot.suite import SuiteRequest
 
-    return SuiteArgs(checkpoint=str(ckpt), work_dir=str(work), data_config={}, suite=[], arch="vit_tiny",
-                     patch_size=8, img_size=32, overrides={"model.depth": "2"}, **kw)
+    return SuiteRequest(backbone=str(ckpt), work_dir=work, data_config={}, harnesses=[], **kw)
+
+
+def _backbone(source: dict) -> dict:
+    return load_file(source["backbone"])["state_dict"]
 
 
 def test_official_full_checkpoint_needs_trust(scenes, tmp_path) -> None:
     from ibot.checkpoint import UntrustedCheckpointError
-    from transfer.suite import prepare_backbone
+    from ibot.suite.runner import prepare_backbone
 
     model = tiny_vit(3)
     teacher = {f"backbone.{k}": v for k, v in model.state_dict().items()}
@@ -197,14 +208,14 @@ def test_official_full_checkpoint_needs_trust(scenes, tmp_path) -> None:
                 "args": argparse.Namespace(arch="vit_tiny", patch_size=8)}, ckpt)
 
     cfg = data_config(scenes, tmp_path / "data.json")
-    proc = evaluate(str(ckpt), *MODEL, "--suite", "knn", "--data-config", cfg, "--work-dir", str(tmp_path / "w"))
+    proc = evaluate(str(ckpt), "--suite", "knn", "--data-config", cfg, "--work-dir", str(tmp_path / "w"))
     assert proc.returncode == 2 and "UntrustedCheckpointError" in proc.stderr and "--trust-checkpoint" in proc.stderr
     assert not (tmp_path / "w" / "knn").exists()
     with pytest.raises(UntrustedCheckpointError):
-        prepare_backbone(_suite_args(ckpt, tmp_path / "w2"))
+        prepare_backbone(_request(ckpt, tmp_path / "w2"))
 
-    src = prepare_backbone(_suite_args(ckpt, tmp_path / "w3", trust_checkpoint=True))
-    bb = load_file(src["backbone"])  # tensors only: loads without trust
+    src = prepare_backbone(_request(ckpt, tmp_path / "w3", trust_checkpoint=True))
+    bb = _backbone(src)  # tensors only: loads without trust
     for k, v in model.state_dict().items():
         if k != "masked_embed":
             assert torch.equal(bb[k], v), k  # the teacher, not the (zeroed) student
@@ -212,21 +223,21 @@ def test_official_full_checkpoint_needs_trust(scenes, tmp_path) -> None:
 
 
 def test_timm_state_dict(tmp_path) -> None:
-    from transfer.suite import prepare_backbone
+    from ibot.suite.runner import prepare_backbone
 
     model = tiny_vit(4)
     sd = {k: v for k, v in model.state_dict().items() if k != "masked_embed"}
     sd.update({"head.weight": torch.randn(10, 192), "head.bias": torch.zeros(10)})  # timm classifier head
     ckpt = tmp_path / "timm.pth"
     torch.save(sd, ckpt)
-    bb = load_file(prepare_backbone(_suite_args(ckpt, tmp_path / "w"))["backbone"])
+    bb = _backbone(prepare_backbone(_request(ckpt, tmp_path / "w")))
     assert set(bb) == {k for k in sd if not k.startswith("head.")}
     assert all(torch.equal(bb[k], sd[k]) for k in bb)
 
 
 def test_our_pretrain_checkpoint(tmp_path) -> None:
     from pretrain.checkpointing import FORMAT
-    from transfer.suite import prepare_backbone
+    from ibot.suite.runner import prepare_backbone
 
     torch.manual_seed(5)
     student, teacher = build_student_teacher("vit_tiny", patch_size=8, img_size=32, drop_path_rate=0.0,
@@ -239,17 +250,54 @@ def test_our_pretrain_checkpoint(tmp_path) -> None:
     torch.save({"student": student.state_dict(), "teacher": teacher.state_dict(),
                 "ibot_loss": {"center": torch.zeros(1, 16), "center2": torch.zeros(1, 1, 16)},
                 "format": FORMAT, "epoch": 1, "iteration": 2}, ckpt)
-    bb = load_file(prepare_backbone(_suite_args(ckpt, tmp_path / "w"))["backbone"])
+    bb = _backbone(prepare_backbone(_request(ckpt, tmp_path / "w")))
     tsd = teacher.state_dict()
     prefix = "backbone." if any(k.startswith("backbone.") for k in tsd) else ""
     assert bb and all(torch.equal(v, tsd[prefix + k]) for k, v in bb.items())  # the teacher backbone
     assert all(v.abs().sum() > 0 for k, v in bb.items() if k.endswith("qkv.weight"))
 
 
+@pytest.mark.parametrize("fmt", ["official", "timm", "described"])
+def test_files_need_no_shape_flags(fmt, scenes, tmp_path) -> None:
+    """An official full checkpoint and a timm state dict converted by tools/convert_checkpoint.py, and a described
+    file of a ViT whose head count no tensor reveals (96-d, 3 heads of 32), run the suite with no shape flag."""
+    from ibot.checkpoint import describe_backbone, save_backbone
+
+    torch.manual_seed(6)
+    model = build_vit("vit_tiny", patch_size=8, img_size=32, depth=2, embed_dim=96, num_heads=3)
+    sd = {k: v for k, v in model.state_dict().items() if k != "masked_embed"}
+    dst = tmp_path / "converted.pth"
+    if fmt == "described":
+        save_backbone(dst, sd, describe_backbone(model), {"kind": "test"})
+    else:
+        src = tmp_path / "source.pth"
+        trust: list[str] = []
+        if fmt == "official":
+            torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()},
+                        "student": {f"module.backbone.{k}": torch.zeros_like(v) for k, v in sd.items()},
+                        "args": argparse.Namespace(arch="vit_tiny")}, src)
+            trust = ["--trust-checkpoint"]
+        else:
+            torch.save({**sd, "head.weight": torch.randn(10, 96), "head.bias": torch.zeros(10)}, src)
+        conv = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), str(src), str(dst),
+                               *trust, "--num-heads", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert conv.returncode == 0, conv.stdout + conv.stderr
+    assert load_file(dst)["model"]["num_heads"] == 3  # the converted file describes itself
+    work = tmp_path / "work"
+    ok(evaluate(str(dst), "--suite", "knn", "--data-config", data_config(scenes, tmp_path / "data.json"),
+                "--work-dir", str(work)))
+    rec = json.loads((work / "results.json").read_text())
+    assert rec["harnesses"]["knn"]["status"] == "ok" and rec["described"] is True
+    assert rec["model"] == {"family": "vit", "arch": None, "patch_size": 8, "img_size": 32, "embed_dim": 96,
+                            "depth": 2, "num_heads": 3}
+    knn = json.loads((work / "knn" / "result.json").read_text())
+    assert json.dumps(knn).count('"num_heads": 3') >= 1  # the transfer tool built the described model
+
+
 # ------------------------------------------------------------------------------------- detection, segmentation
 def test_det_and_seg_follow_the_checkpoint_shape(tmp_path) -> None:
-    """The demo-scale det / seg configs (96-d, 4-block ViT) evaluate a 192-d, 2-block checkpoint: the suite passes the
-    backbone shape and the neck / head input widths; the checkpoint loads with nothing missing."""
+    """The demo-scale det / seg configs (96-d, 4-block ViT) evaluate a 192-d, 2-block checkpoint: the backbone file's
+    description sets the backbone shape and the neck / head input widths; it loads with nothing missing."""
     from ibot.scenes import ensure_scenes
 
     scenes = ensure_scenes(cache_dir=tmp_path / "cache", image_size=32, scene_size=64, n_train_per_class=2,
@@ -268,7 +316,7 @@ def test_det_and_seg_follow_the_checkpoint_shape(tmp_path) -> None:
                  cfg_options={**loaders, "train_cfg.max_iters": 2, "train_cfg.val_begin": 10**6,
                               "default_hooks.checkpoint.interval": 2}))
     work = tmp_path / "work"
-    ok(evaluate(str(ckpt), *MODEL, "--suite", "det", "seg", "--data-config", cfg, "--work-dir", str(work),
+    ok(evaluate(str(ckpt), "--suite", "det", "seg", "--data-config", cfg, "--work-dir", str(work),
                 timeout=600))
     rec = json.loads((work / "results.json").read_text())
     for h, metric, keys in (("det", "coco/bbox_mAP", {"coco/bbox_mAP", "coco/segm_mAP"}), ("seg", "mIoU", {"mIoU"})):
