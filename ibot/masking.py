@@ -31,7 +31,9 @@ DEFAULT_ASPECT_RATIO = (0.3, 1 / 0.3)
 _ATTEMPTS_PER_BLOCK = 10
 
 
-def _normalize_ratio(pred_ratio: RatioSpec, pred_ratio_var: RatioSpec) -> tuple[float | list[float], float | list[float]]:
+def _normalize_ratio(
+    pred_ratio: RatioSpec, pred_ratio_var: RatioSpec
+) -> tuple[float | list[float], float | list[float]]:
     """Apply the official unwrapping: length-1 lists become scalars, a scalar var is broadcast to a list ratio.
 
     Scalar vs list matters beyond convenience: a list ratio costs an extra `random.choice` draw per crop.

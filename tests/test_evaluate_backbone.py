@@ -130,7 +130,8 @@ def test_suite_results_and_report(main_run) -> None:
     from PIL import Image
 
     img = Image.open(io.BytesIO(base64.b64decode(png.group(1)))).convert("L")
-    assert img.size[0] >= 400 and len(img.getcolors(maxcolors=1 << 16) or range(1000)) > 10  # a drawn chart, not a blank image
+    # a drawn chart, not a blank image
+    assert img.size[0] >= 400 and len(img.getcolors(maxcolors=1 << 16) or range(1000)) > 10
 
 
 def test_resume_skips_finished(main_run) -> None:
@@ -236,8 +237,8 @@ def test_timm_state_dict(tmp_path) -> None:
 
 
 def test_our_pretrain_checkpoint(tmp_path) -> None:
-    from pretrain.checkpointing import FORMAT
     from ibot.suite.runner import prepare_backbone
+    from pretrain.checkpointing import FORMAT
 
     torch.manual_seed(5)
     student, teacher = build_student_teacher("vit_tiny", patch_size=8, img_size=32, drop_path_rate=0.0,

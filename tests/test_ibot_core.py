@@ -44,15 +44,6 @@ EMBED, DEPTH, HEADS, PATCH, IMG = 32, 2, 2, 8, 32
 LN3, LN2 = math.log(3.0), math.log(2.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy cores OpenMP spin-waiting makes
-    these tests ~5x slower; results were checked to hold for 1-8 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a − b| / max|b|."""

@@ -35,9 +35,9 @@ from torch import nn
 
 from ibot.head import iBOTHead
 from ibot.loss import iBOTLoss
+from ibot.masking import mask_to_indices
 from ibot.model import iBOTModel, load_model_state
 from ibot.optim import param_groups
-from ibot.masking import mask_to_indices
 from ibot.train_step import iBOTTrainStep
 from ibot.vit import iBOTViT
 
@@ -65,15 +65,6 @@ SEED = 1234
 # (a missing term, a wrong clip/freeze/temperature) shows up at >= 1e-3.
 GRAD_RTOL = 3e-6
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on busy cores OpenMP spin-waiting makes
-    these tests ~5x slower; results were checked to hold for 1-8 threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -1,1 +1,2 @@
-"""Compatibility shims that keep pinned third-party packages working on the current numpy / scikit-image / setuptools stack."""
+"""Compatibility shims that keep pinned third-party packages working on the current numpy / scikit-image /
+setuptools stack."""
