@@ -42,8 +42,24 @@ class Strong(str):
     """A table cell or paragraph shown in bold (``**x**`` in Markdown, ``<b>`` in HTML)."""
 
 
-def _md_text(text: str) -> str:
-    return f"**{text}**" if isinstance(text, Strong) and text else str(text)
+def _md_escape(text: str, cell: bool = False) -> str:
+    """Plain text for Markdown: ``<`` / ``>`` as entities (no raw HTML passes through), and in table cells ``|``
+    escaped and newlines folded (a name must not break its table)."""
+    out = str(text).replace("<", "&lt;").replace(">", "&gt;")
+    if cell:
+        out = out.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    return out
+
+
+def _md_href(href: str | os.PathLike[str]) -> str:
+    """A link target; ``<...>`` when it holds spaces or parentheses (CommonMark)."""
+    href = os.fspath(href)
+    return f"<{href}>" if any(c in href for c in " ()<>") else href
+
+
+def _md_text(text: str, cell: bool = False) -> str:
+    escaped = _md_escape(text, cell)
+    return f"**{escaped}**" if isinstance(text, Strong) and text else escaped
 
 
 def _html_text(text: str) -> str:
@@ -79,7 +95,7 @@ class Page:
         """A section heading (level 2 = ``##`` / ``<h2>``)."""
         if not 1 <= level <= 6:
             raise ValueError(f"heading level must be 1-6, got {level}")
-        self._md.append("#" * level + " " + str(text))
+        self._md.append("#" * level + " " + _md_escape(text, cell=True))
         self._html.append(f"<h{level}>{html.escape(str(text))}</h{level}>")
 
     def para(self, text: str) -> None:
@@ -90,13 +106,13 @@ class Page:
     def bullets(self, items: Sequence[str]) -> None:
         """A bulleted list of plain-text items."""
         if items:
-            self._md.append("\n".join(f"- {_md_text(i)}" for i in items))
+            self._md.append("\n".join(f"- {_md_text(i, cell=True)}" for i in items))
             self._html.append("<ul>" + "".join(f"<li>{_html_text(i)}</li>" for i in items) + "</ul>")
 
     def links(self, items: Sequence[tuple[str, str | os.PathLike[str]]]) -> None:
         """A bulleted list of ``(text, href)`` links (relative paths keep the report folder movable)."""
         if items:
-            self._md.append("\n".join(f"- [{text}]({os.fspath(href)})" for text, href in items))
+            self._md.append("\n".join(f"- [{_md_escape(text, cell=True)}]({_md_href(href)})" for text, href in items))
             self._html.append("<ul>" + "".join(
                 f'<li><a href="{html.escape(os.fspath(href), quote=True)}">{html.escape(text)}</a></li>'
                 for text, href in items) + "</ul>")
@@ -119,8 +135,9 @@ class Page:
         if groups:
             labels = [g for g, n in groups for _ in range(n)]
             md_header = [f"{g} · {h}" if g and h else g or h for g, h in zip(labels, header)]
-        lines = ["| " + " | ".join(md_header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(_md_text(c) for c in r) + " |" for r in rows]
+        lines = ["| " + " | ".join(_md_text(h, cell=True) for h in md_header) + " |",
+                 "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(_md_text(c, cell=True) for c in r) + " |" for r in rows]
         self._md.append("\n".join(lines))
         head = ""
         if groups:
@@ -138,7 +155,7 @@ class Page:
         if not name or "/" in name or name in self.figures:
             raise ValueError(f"figure name {name!r} must be a new file stem without '/'")
         self.figures[name] = bytes(png)
-        self._md.append(f"![{caption}](plots/{name}.png)")
+        self._md.append(f"![{_md_escape(caption, cell=True)}](plots/{name}.png)")
         b64 = base64.b64encode(png).decode("ascii")
         self._html.append(f'<figure><img alt="{html.escape(caption, quote=True)}" src="data:image/png;base64,{b64}">'
                           f"<figcaption>{html.escape(caption)}</figcaption></figure>")
@@ -160,7 +177,7 @@ class Page:
 
     def markdown(self) -> str:
         """The page as Markdown (figures referenced as ``plots/<name>.png``)."""
-        return f"# {self.title}\n\n" + "\n\n".join(self._md) + "\n"
+        return f"# {_md_escape(self.title, cell=True)}\n\n" + "\n\n".join(self._md) + "\n"
 
     def html(self) -> str:
         """The page as one self-contained HTML document."""
