@@ -801,8 +801,13 @@ def load_backbone(
         load = load_state_dict_report(model, found.state_dict, strict=True, ignore=ignore)
     except StateDictMismatchError as exc:
         what = "described as" if found.described else "inferred from its tensors as"
+        rep = exc.report
         raise StateDictMismatchError(
-            f"'{found.path}' ({what} {desc}) does not fit the backbone: {exc}", exc.report) from exc
+            f"'{found.path}' ({what} {desc}) does not fit the backbone it is loaded into "
+            f"({describe_backbone(model) if hasattr(model, 'patch_embed') else type(model).__name__}): "
+            f"{len(rep.missing)} missing, {len(rep.unexpected)} unexpected, {len(rep.mismatched)} mis-shaped keys; "
+            "nothing was loaded. Fix: drop the shape options / config entries that contradict the file, or give the "
+            f"checkpoint of this model.\n{rep}", rep) from exc
     report = BackboneReport(found.path, file_sha256(found.path), desc, found.source, found.described, load)
     logger.info("loaded backbone '%s' (%s, sha256 %s): %s", found.path,
                 "described" if found.described else "shape inferred", report.sha256[:12], str(load).splitlines()[0])
