@@ -29,11 +29,11 @@ def shared_data() -> Callable[..., Path]:
     return shared_data_path
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def single_thread() -> Iterator[None]:
-    """Run every test with one intra-op thread: tiny models on a busy 2-core machine are 10-50x slower with two
-    (OpenMP threads spin-waiting against data-loader workers and other processes); results were checked to hold
-    for 1-8 threads."""
+    """Run the whole session with one intra-op thread: tiny models on a busy 2-core machine are 10-50x slower with
+    two (OpenMP threads spin-waiting against data-loader workers and other processes); results were checked to hold
+    for 1-8 threads. Session-scoped, so module-scoped fixtures (runs that are resumed later) see the same count."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

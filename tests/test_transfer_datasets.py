@@ -9,21 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io as sio
+from conftest import shared_data_path
 from PIL import Image
 
 from transfer.datasets import DatasetLayoutError, build_dataset, read_cifar, read_imagefolder
 from transfer.subset import make_imagefolder_subset
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR10_TEST = REPO.parent / "shared" / "data" / "cifar10" / "test"
-
 
 @pytest.fixture(scope="module")
 def cifar_real() -> Path:
-    if not CIFAR10_TEST.is_dir():
-        pytest.fail(f"real test images missing: expected the CIFAR-10 ImageFolder at {CIFAR10_TEST} "
-                    "(../shared/data/cifar10/test/<class>/*.jpg relative to the repository root)")
-    return CIFAR10_TEST
+    """The real CIFAR-10 test ImageFolder (``../shared/data/cifar10/test/<class>/*.jpg``); fails when missing."""
+    return shared_data_path("cifar10", "test")
 
 
 def _rand_images(n: int, seed: int, size: int = 32) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""transfer.linear / transfer.features: the lr sweep trains every head at its own lr; DINO/iBOT feature specs."""
+"""transfer.linear: the lr sweep trains every head at its own lr; the DINO/iBOT feature specs it trains on
+(``ibot.features``)."""
 from __future__ import annotations
 
 import copy
@@ -7,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ibot.features import FeatureSpec, spec_features
 from ibot.vit import build_vit
-from transfer.features import FeatureSpec, spec_features
 from transfer.linear import LinearSweep, sweep_accuracy, sweep_loss, train_epoch
 
 LRS = [0.5, 0.05, 0.005]
@@ -86,7 +87,7 @@ def test_feature_specs_follow_dino_definitions() -> None:
     torch.manual_seed(0)
     model = build_vit("vit_tiny", embed_dim=16, depth=3, num_heads=2, patch_size=8, img_size=32).eval()
     x = torch.randn(2, 3, 32, 32)
-    specs = [FeatureSpec(1, False), FeatureSpec(2, False), FeatureSpec(1, True)]
+    specs = [FeatureSpec(1, "cls"), FeatureSpec(2, "cls"), FeatureSpec(1, "cls+avgpool")]
     with torch.no_grad():
         cls1, cls2, avg = spec_features(model, x, specs)
         blocks = model.get_intermediate_layers(x, 2, norm=True)
@@ -95,4 +96,4 @@ def test_feature_specs_follow_dino_definitions() -> None:
         torch.testing.assert_close(avg, torch.cat([blocks[1][:, 0], blocks[1][:, 1:].mean(1)], dim=-1))
     assert [s.dim(16) for s in specs] == [16, 32, 32]
     with pytest.raises(ValueError, match=r"n_last_blocks=4 must be in \[1, 3\]"):
-        spec_features(model, x, [FeatureSpec(4, False)])
+        spec_features(model, x, [FeatureSpec(4, "cls")])

@@ -1,6 +1,7 @@
 """The three protocol tools end to end on CPU: a tiny ViT on a real CIFAR-10 subset (../shared/data), result
 JSONs, feature caching, exact resumption, refusal of a changed config, the leaderboard tool on the results,
-and torchrun with two gloo processes."""
+a self-describing backbone file run with no shape flags through ``python -m transfer.cli``, and torchrun with two
+gloo processes."""
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, shared_data_path
 
-from ibot.checkpoint import load_file, save_file
+from ibot.checkpoint import StateDictMismatchError, describe_backbone, load_file, save_backbone, save_file
+from ibot.features import FeatureSpec
 from ibot.vit import build_vit
 from transfer import state as state_module
 from transfer.knn import knn_accuracy, knn_scores
@@ -23,8 +26,6 @@ from transfer.results import SCHEMA
 from transfer.state import ResumeMismatchError
 from transfer.subset import make_imagefolder_subset
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR10_TEST = REPO.parent / "shared" / "data" / "cifar10" / "test"
 TINY = ["--arch", "vit_tiny", "--patch-size", "8", "--img-size", "32", "--num-workers", "0", "--no-progress",
         "--set", "model.embed_dim=32", "model.depth=2", "model.num_heads=2"]
 
@@ -33,13 +34,11 @@ TINY = ["--arch", "vit_tiny", "--patch-size", "8", "--img-size", "32", "--num-wo
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Disjoint train (8 per class + 1 = 81) / test (4 per class = 40) subsets of the real CIFAR-10 images; the odd
     train size gives uneven shards under torchrun."""
-    if not CIFAR10_TEST.is_dir():
-        pytest.fail(f"real test images missing: expected the CIFAR-10 ImageFolder at {CIFAR10_TEST} "
-                    "(../shared/data/cifar10/test/<class>/*.jpg relative to the repository root)")
+    cifar10_test = shared_data_path("cifar10", "test")
     root = tmp_path_factory.mktemp("cifar10_subset")
-    make_imagefolder_subset(CIFAR10_TEST, root, train_per_class=8, test_per_class=4, seed=0)
+    make_imagefolder_subset(cifar10_test, root, train_per_class=8, test_per_class=4, seed=0)
     used = {p.name for p in (root / "train" / "cat").iterdir()} | {p.name for p in (root / "test" / "cat").iterdir()}
-    extra = next(p for p in sorted((CIFAR10_TEST / "cat").iterdir()) if p.name not in used)
+    extra = next(p for p in sorted((cifar10_test / "cat").iterdir()) if p.name not in used)
     (root / "train" / "cat" / extra.name).symlink_to(extra)
     return root
 
@@ -83,13 +82,20 @@ TOOLS = {"knn": ("transfer_knn.py", KNN_ARGS), "linear": ("transfer_linear.py", 
 
 @pytest.fixture(scope="module")
 def runs(data: Path, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One uninterrupted run of each tool (module scope: the tests below inspect them)."""
+    """One uninterrupted run of each tool (module scope: the tests below inspect them).
+
+    One intra-op thread, as conftest's ``single_thread`` gives every test: that fixture is function-scoped, so it
+    is not yet active while this module-scoped fixture runs, and the resumed runs must replay the same float
+    reductions bit for bit."""
     base = tmp_path_factory.mktemp("runs")
     mp = pytest.MonkeyPatch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         for protocol, (tool, args) in TOOLS.items():
             run_tool(tool, common(data, checkpoint, base / protocol) + args, mp)
     finally:
+        torch.set_num_threads(threads)
         mp.undo()
     return {p: base / p for p in TOOLS}
 
@@ -103,6 +109,10 @@ def test_result_files_describe_the_run(runs: dict[str, Path], checkpoint: Path, 
         assert r["model"]["params"] == sum(p.numel() for p in build_vit(
             "vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32).parameters())
         assert "30 tensors loaded, 0 missing, 0 unexpected" in r["model"]["load_report"]
+        # a foreign checkpoint: its description inferred from the tensors, the flags filling in the head count
+        assert r["model"]["described"] is False and r["model"]["description"] == {
+            "family": "vit", "arch": "vit_tiny", "patch_size": 8, "img_size": 32, "embed_dim": 32, "depth": 2,
+            "num_heads": 2}
         assert r["dataset"] == {"name": "cifar10", "reader": "cifar10", "root": str(data), "num_classes": 10,
                                 "num_train": 81, "num_test": 40, "train_split": "train", "test_split": "test"}
         assert r["config"]["protocol"] == protocol and r["config"]["model"]["embed_dim"] == 32
@@ -114,6 +124,7 @@ def test_knn_run_matches_its_cached_features_and_reuses_them(runs: dict[str, Pat
     r = read(runs["knn"])
     assert r["metric"]["name"] == "top1@k=20" and r["metric"]["value"] == r["metrics"]["top1@k=20"]
     assert r["metrics"]["features_from_cache"] == {"train": False, "test": False}
+    assert r["metrics"]["feature"] == {"n_last_blocks": 1, "pooling": "cls"}
     caches = [load_file(p) for p in sorted((runs["knn"] / "features").glob("*.pth"))]
     train = next(c for c in caches if c["labels"].numel() == 81)
     test = next(c for c in caches if c["labels"].numel() == 40)
@@ -134,6 +145,14 @@ def test_linear_run_trains_the_sweep(runs: dict[str, Path]) -> None:
     assert m["heads"] == ["cls2 lr=0.001", "cls2 lr=0.1", "cls2 lr=1", "cls1+avgpool lr=0.001",
                           "cls1+avgpool lr=0.1", "cls1+avgpool lr=1"]
     assert m["lrs_effective"] == pytest.approx([lr * 16 / 256 for lr in (0.001, 0.1, 1.0)] * 2)
+    # feature specs as dicts: one per head, and the best head's (what the suite hands to robustness)
+    assert m["head_features"] == [{"n_last_blocks": 2, "pooling": "cls"}] * 3 + \
+        [{"n_last_blocks": 1, "pooling": "cls+avgpool"}] * 3
+    assert m["heads"][m["best_head_index"]] == m["best_head"]
+    assert m["best_feature"] == m["head_features"][m["best_head_index"]]
+    assert FeatureSpec.from_dict(m["best_feature"]).label == m["best_head"].split()[0]
+    assert r["config"]["features"] == [{"n_last_blocks": 2, "pooling": "cls"},
+                                       {"n_last_blocks": 1, "pooling": "cls+avgpool"}]
     assert [h["epoch"] for h in r["history"]] == [1, 2]
     assert m["best_top1"] == max(max(h["top1"]) for h in r["history"]) == r["metric"]["value"]
     ckpt = load_file(runs["linear"] / "checkpoint.pth")
@@ -223,6 +242,59 @@ def test_missing_data_fails_with_the_layout(checkpoint: Path, tmp_path: Path, mo
                                      str(checkpoint), "--output-dir", str(tmp_path / "o"), *TINY], monkeypatch)
 
 
+@pytest.fixture(scope="module")
+def described(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The checkpoint's teacher weights as a self-describing backbone file (``ibot.checkpoint.save_backbone``)."""
+    model = build_vit("vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
+    teacher = load_file(checkpoint)["teacher"]
+    model.load_state_dict({k[len("backbone."):]: v for k, v in teacher.items()})
+    desc = describe_backbone(model)
+    path = tmp_path_factory.mktemp("described") / "tiny_backbone.pth"
+    save_backbone(path, model.state_dict(), desc, {"from": "test"})
+    return path, desc
+
+
+def run_module(args: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m transfer.cli ARGS`` in this process (the entry point the suite launches)."""
+    monkeypatch.setattr(sys, "argv", ["transfer.cli", *args])
+    monkeypatch.delitem(sys.modules, "transfer.cli", raising=False)  # as in a fresh interpreter: run, not imported
+    runpy.run_module("transfer.cli", run_name="__main__", alter_sys=False)
+
+
+def test_described_backbone_needs_no_shape_flags(described: tuple[Path, dict], runs: dict[str, Path], data: Path,
+                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --arch / --patch-size / model.* flags: the file's description builds the model; same weights as the
+    foreign checkpoint, so the same k-NN numbers."""
+    path, desc = described
+    assert desc["arch"] is None and desc["embed_dim"] == 32  # no preset of this size: only the file can say
+    run_module(["knn", "--dataset", "cifar10", "--data-root", str(data), "--pretrained", str(path), "--output-dir",
+                str(tmp_path), "--img-size", "32", "--num-workers", "0", "--no-progress", "--set", *KNN_ARGS],
+               monkeypatch)
+    r, foreign = read(tmp_path), read(runs["knn"])
+    m = r["model"]
+    assert m["described"] is True and m["description"] == desc and m["source"] == {"from": "test"}
+    assert m["checkpoint_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert m["name"] == "vit-32x2/8 (tiny_backbone)" and (m["arch"], m["patch_size"]) == (None, 8)
+    assert "30 tensors loaded, 0 missing, 0 unexpected" in m["load_report"]
+    assert r["config"]["model"]["arch"] is None and r["config"]["model"]["patch_size"] is None
+    for k in ("top1@k=1", "top5@k=1", "top1@k=5", "top1@k=20", "top5@k=20"):
+        assert r["metrics"][k] == pytest.approx(foreign["metrics"][k], abs=1e-9), k
+
+
+def test_described_backbone_flags_override_strictly(described: tuple[Path, dict], data: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flag that contradicts the file builds the model it asks for, which then refuses the weights."""
+    with pytest.raises(StateDictMismatchError, match=r"tiny_backbone\.pth' \(described as .*does not fit"):
+        run_module(["knn", "--dataset", "cifar10", "--data-root", str(data), "--pretrained", str(described[0]),
+                    "--output-dir", str(tmp_path), "--img-size", "32", "--num-workers", "0", "--no-progress",
+                    "--set", "model.depth=3"], monkeypatch)
+
+
+def test_module_entry_point_names_the_protocols(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SystemExit, match=r"python -m transfer.cli \{finetune,knn,linear\} ARGS"):
+        run_module(["kmeans", "--dataset", "cifar10"], monkeypatch)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,9 +302,11 @@ def _free_port() -> int:
 
 
 def _torchrun(tool: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node 2`` of ``tools/<tool>``, or of a module for ``tool = '-m <module> <protocol>'``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    target = tool.split() if tool.startswith("-m ") else [str(REPO / "tools" / tool)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(REPO / "tools" / tool), *args]
+           "--master_port", str(_free_port()), *target, *args]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -240,8 +314,9 @@ def _torchrun(tool: str, args: list[str]) -> subprocess.CompletedProcess:
 
 def test_torchrun_knn_equals_single_process(runs: dict[str, Path], data: Path, checkpoint: Path,
                                             tmp_path: Path) -> None:
-    """Two gloo processes shard the 81 / 40 images unevenly; gathered features must give the same answer."""
-    _torchrun("transfer_knn.py", common(data, checkpoint, tmp_path) + KNN_ARGS)
+    """Two gloo processes shard the 81 / 40 images unevenly; gathered features must give the same answer (launched
+    as the suite does, through the module entry point)."""
+    _torchrun("-m transfer.cli knn", common(data, checkpoint, tmp_path) + KNN_ARGS)
     ddp, single = read(tmp_path), read(runs["knn"])
     assert ddp["env"]["world_size"] == 2
     for k in ("top1@k=1", "top1@k=5", "top1@k=20", "top5@k=20"):

@@ -1,13 +1,17 @@
 """transfer.recipes (the per-data-set recipe tables) and the fine-tuning building blocks taken from timm."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
+from ibot.checkpoint import describe_backbone, save_backbone
 from ibot.vit import build_vit
+from transfer.backbone import build_backbone
 from transfer.cli import build_parser, config_from_args
 from transfer.finetune import ViTClassifier, build_mixup_and_loss, build_optimizer, build_scheduler
 from transfer.recipes import ConfigKeyError, parse_overrides, resolve
@@ -35,10 +39,46 @@ def test_frozen_protocol_defaults() -> None:
     knn = resolve("knn", "cifar10")
     assert knn["ks"] == [10, 20, 100, 200] and knn["temperature"] == 0.07 and knn["report_k"] == 20
     lin_s, lin_b = resolve("linear", "cars"), resolve("linear", "cars", {"model": {"arch": "vit_base"}})
-    assert lin_s["features"] == [{"n_last_blocks": 4, "avgpool": False}]
-    assert lin_b["features"] == [{"n_last_blocks": 1, "avgpool": True}]
+    assert lin_s["features"] == [{"n_last_blocks": 4, "pooling": "cls"}]
+    assert lin_b["features"] == [{"n_last_blocks": 1, "pooling": "cls+avgpool"}]
     assert len(lin_s["lrs"]) == 45 and lin_s["lrs"][0] == 1e-4 and lin_s["lrs"][-1] == 9.0
     assert lin_s["momentum"] == 0.9 and lin_s["weight_decay"] == 0.0 and lin_s["epochs"] == 100
+
+
+def test_feature_specs_are_stored_as_dicts() -> None:
+    """``ibot.features.FeatureSpec.to_dict()`` form in the resolved config; the older ``avgpool`` form is read."""
+    assert resolve("knn", "cifar10")["feature"] == {"n_last_blocks": 1, "pooling": "cls"}
+    lin = resolve("linear", "cifar10", {"features": [{"n_last_blocks": 2, "avgpool": True},
+                                                     {"n_last_blocks": 1, "pooling": "avgpool"}]})
+    assert lin["features"] == [{"n_last_blocks": 2, "pooling": "cls+avgpool"},
+                               {"n_last_blocks": 1, "pooling": "avgpool"}]
+    with pytest.raises(ValueError, match="feature pooling must be one of"):
+        resolve("knn", "cifar10", {"feature": {"n_last_blocks": 1, "pooling": "max"}})
+
+
+def test_recipe_follows_the_checkpoint_description(tmp_path: Path) -> None:
+    """No --arch: the per-arch recipe is the described backbone's, not the random-init default's (vit_small)."""
+    torch.manual_seed(0)
+    tiny = build_vit("vit_tiny", patch_size=16, img_size=32)  # the real ViT-Ti/16 shape: preset vit_tiny
+    save_backbone(tmp_path / "vit_tiny.pth", tiny.state_dict(), describe_backbone(tiny))
+    assert resolve("finetune", "inat2018")["optim"]["lr"] == 5e-5  # random init: the vit_small recipe
+    cfg = resolve("finetune", "inat2018", {"model": {"pretrained": str(tmp_path / "vit_tiny.pth")}})
+    assert cfg["optim"]["lr"] == 7.5e-6 and cfg["model"]["arch"] is None  # vit_tiny has no iNat18 override
+    custom = build_vit("vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
+    save_backbone(tmp_path / "custom.pth", custom.state_dict(), describe_backbone(custom))
+    with pytest.raises(ValueError, match="no linear feature preset for arch None"):
+        resolve("linear", "cifar10", {"model": {"pretrained": str(tmp_path / "custom.pth")}})
+    flagged = resolve("linear", "cifar10", {"model": {"pretrained": str(tmp_path / "custom.pth"), "arch": "vit_base"}})
+    assert flagged["features"] == [{"n_last_blocks": 1, "pooling": "cls+avgpool"}]  # the flag wins
+
+
+def test_random_init_defaults_to_vit_small_16() -> None:
+    model, info = build_backbone({**resolve("knn", "cifar10")["model"], "img_size": 32})
+    assert (info.arch, info.patch_size, info.embed_dim, info.depth) == ("vit_small", 16, 384, 12)
+    assert info.description == {"family": "vit", "arch": "vit_small", "patch_size": 16, "img_size": 32,
+                                "embed_dim": 384, "depth": 12, "num_heads": 6}
+    assert info.checkpoint_sha256 is None and info.load_report == "random initialisation"
+    assert info.name == "vit_small/16 (random init)" and model.patch_embed.grid_size == (2, 2)
 
 
 def test_overrides_and_typos() -> None:

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch  # noqa: E402
 
+from ibot.records import schema_tag, write_record  # noqa: E402
 from transfer.bench import bench_features, bench_finetune, markdown_rows  # noqa: E402
-from transfer.results import write_json  # noqa: E402
 from transfer.runtime import amp_enabled, environment, resolve_device  # noqa: E402
 
 if __name__ == "__main__":
@@ -29,7 +29,8 @@ if __name__ == "__main__":
     amp = p.add_mutually_exclusive_group()
     amp.add_argument("--amp", dest="amp", action="store_true", default=None, help="bf16 autocast (default on CUDA)")
     amp.add_argument("--no-amp", dest="amp", action="store_false")
-    p.add_argument("--out", help="also write the results (and environment) to this JSON file")
+    p.add_argument("--out", help="also write the results (and environment) to this JSON record "
+                                 "(schema ibot-suite/transfer-bench/1)")
     a = p.parse_args()
     device = resolve_device(a.device)
     use_amp = amp_enabled(a.amp, device)
@@ -46,4 +47,4 @@ if __name__ == "__main__":
     env = environment(device, 1, use_amp)
     print(markdown_rows(results, env.get("gpu", str(device))))
     if a.out:
-        write_json(a.out, {"results": results, "env": env})
+        write_record(a.out, {"results": results, "env": env}, schema=schema_tag("transfer-bench", 1))

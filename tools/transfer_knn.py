@@ -3,6 +3,7 @@
 
     python tools/transfer_knn.py --dataset cifar10 --data-root /data/cifar --pretrained ckpt.pth
     torchrun --nproc_per_node 8 tools/transfer_knn.py ...        # multi-GPU
+    python -m transfer.cli knn --dataset cifar10 ...              # the same, as a module (what the suite runs)
     python tools/transfer_knn.py --dataset cifar10 --print-config  # every setting, for --set key=value
 """
 import sys

@@ -3,6 +3,7 @@
 
     python tools/transfer_linear.py --dataset cifar10 --data-root /data/cifar --pretrained ckpt.pth
     torchrun --nproc_per_node 8 tools/transfer_linear.py ...        # multi-GPU
+    python -m transfer.cli linear --dataset cifar10 ...              # the same, as a module (what the suite runs)
     python tools/transfer_linear.py --dataset cifar10 --print-config  # every setting, for --set key=value
 """
 import sys

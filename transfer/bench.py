@@ -7,13 +7,14 @@ timed loop only.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ibot.features import FeatureSpec, spec_features
 from ibot.vit import build_vit
 from transfer.configs.defaults import LINEAR_FEATURES_BY_ARCH
-from transfer.features import FeatureSpec, spec_features
 from transfer.finetune import ViTClassifier, build_optimizer
 from transfer.runtime import autocast
 
@@ -21,15 +22,18 @@ __all__ = ["bench_finetune", "bench_features", "markdown_rows"]
 
 
 def _sync(device: torch.device) -> None:
+    """Wait for queued CUDA work, so wall time measures it (no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _peak_mem_gib(device: torch.device) -> float | None:
+    """Peak allocated CUDA memory since the last reset, in GiB (``None`` on CPU)."""
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
-def _timed(step, steps: int, warmup: int, device: torch.device) -> float:
+def _timed(step: Callable[[], None], steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for ``steps`` calls of ``step`` after ``warmup`` untimed ones (device synchronised around)."""
     for _ in range(warmup):
         step()
     _sync(device)

@@ -1,7 +1,9 @@
-"""Command line of the three protocol tools (``tools/transfer_{finetune,knn,linear}.py``).
+"""Command line of the three protocols: ``python -m transfer.cli knn|linear|finetune ARGS...`` (the module entry
+point the suite launches), or the thin shims ``tools/transfer_{knn,linear,finetune}.py ARGS...``.
 
 Common options map onto config keys; anything else is set with ``--set key=value`` (dotted keys of the
-resolved config, printed by ``--print-config``). Under ``torchrun`` every process runs the same command.
+resolved config, printed by ``--print-config``). Under ``torchrun`` every process runs the same command
+(``torchrun --nproc_per_node 8 -m transfer.cli linear ...``).
 """
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from transfer.recipes import DATASET_NAMES, PROTOCOLS, parse_overrides, resolve
 
-__all__ = ["build_parser", "config_from_args", "main"]
+__all__ = ["build_parser", "config_from_args", "main", "module_main"]
 
 DESCRIPTIONS = {
     "finetune": "Fine-tune a pretrained ViT end to end (DeiT recipe as in the iBOT paper).",
@@ -27,20 +30,26 @@ COMMON_OPTIONS = {
     "data_root": "data.root", "layout": "data.layout", "arch": "model.arch", "patch_size": "model.patch_size",
     "img_size": "model.img_size", "pretrained": "model.pretrained", "checkpoint_key": "model.checkpoint_key",
     "model_name": "model.name", "pretrain_data": "model.pretrain_data", "seed": "seed", "output_dir": "output_dir",
-    "device": "device", "num_workers": "num_workers", "batch_size": "batch_size",
+    "device": "device", "num_workers": "num_workers", "batch_size": "batch_size", "num_heads": "model.num_heads",
 }
 
 
 def build_parser(protocol: str) -> argparse.ArgumentParser:
+    """The options of one protocol's command line."""
     p = argparse.ArgumentParser(
         description=DESCRIPTIONS[protocol],
         epilog="Example: --dataset cifar10 --data-root /data/cifar --pretrained ibot_vits16.pth "
-               "--set optim.lr=1e-5 epochs=100. Multi-GPU: torchrun --nproc_per_node 8 <this script> ...")
+               "--set optim.lr=1e-5 epochs=100. Multi-GPU: torchrun --nproc_per_node 8 -m transfer.cli "
+               f"{protocol} ...")
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--data-root", help="folder holding the data set in its published layout")
     p.add_argument("--layout", help="force a layout: pickle | imagefolder (CIFAR), devkit | annos | imagefolder (Cars)")
-    p.add_argument("--arch", help="vit_tiny | vit_small | vit_base | vit_large (default vit_small)")
-    p.add_argument("--patch-size", type=int)
+    p.add_argument("--arch", help="vit_tiny | vit_small | vit_base | vit_large: overrides the checkpoint's "
+                                  "description (default: the checkpoint's; vit_small without --pretrained)")
+    p.add_argument("--patch-size", type=int,
+                   help="overrides the checkpoint's description (default: the checkpoint's; 16 without --pretrained)")
+    p.add_argument("--num-heads", type=int, help="head count of a non-standard ViT whose checkpoint does not say it "
+                                                 "(default: the checkpoint's description)")
     p.add_argument("--img-size", type=int, help="input resolution (default 224)")
     p.add_argument("--pretrained", help="backbone checkpoint (any format ibot.checkpoint reads); omit = random init")
     p.add_argument("--checkpoint-key", help="entry holding the weights, e.g. teacher (default: auto)")
@@ -92,6 +101,7 @@ def config_from_args(protocol: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _deep_update(base: dict[str, Any], delta: dict[str, Any]) -> None:
+    """Recursive in-place update of nested dicts (a leaf of ``delta`` replaces the whole value)."""
     for k, v in delta.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             _deep_update(base[k], v)
@@ -114,3 +124,15 @@ def main(protocol: str, argv: Sequence[str] | None = None) -> dict[str, Any] | N
     from transfer import finetune, knn, linear
 
     return {"finetune": finetune, "knn": knn, "linear": linear}[protocol].run(cfg)
+
+
+def module_main(argv: Sequence[str]) -> dict[str, Any] | None:
+    """``python -m transfer.cli <protocol> ARGS...``: the protocol is the first argument."""
+    if not argv or argv[0] not in PROTOCOLS:
+        raise SystemExit(f"usage: python -m transfer.cli {{{','.join(PROTOCOLS)}}} ARGS... (--help after the "
+                         f"protocol lists its options); got {list(argv[:1])}")
+    return main(argv[0], argv[1:])
+
+
+if __name__ == "__main__":
+    module_main(sys.argv[1:])

@@ -1,8 +1,7 @@
-"""Frozen-backbone features: the DINO/iBOT feature definitions and distributed, cached extraction.
+"""Frozen-backbone features of the k-NN and linear protocols: distributed extraction and an on-disk cache.
 
-A :class:`FeatureSpec` names one feature vector built from ``get_intermediate_layers``:
-``n_last_blocks`` final-norm [CLS] tokens concatenated, plus (``avgpool``) the mean final-norm patch token of the
-last block — DINO/iBOT's ``--n_last_blocks`` / ``--avgpool_patchtokens 2``. Several specs share one backbone pass.
+What a feature is (which blocks, which tokens) is :class:`ibot.features.FeatureSpec` / ``spec_features``, the one
+definition the suite shares with the robustness classifiers; several specs share one backbone pass.
 """
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,51 +19,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ibot.checkpoint import load_file, save_file
+from ibot.distributed import gather_rows
+from ibot.features import FeatureSpec, spec_features
 from ibot.vit import iBOTViT
-from transfer.distributed import gather_rows
 from transfer.runtime import autocast
 
-__all__ = ["FeatureSpec", "check_specs", "spec_features", "extract_features", "cached_features", "cache_key"]
+__all__ = ["extract_features", "cached_features", "cache_key"]
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    n_last_blocks: int = 1
-    avgpool: bool = False
-
-    def dim(self, embed_dim: int) -> int:
-        return embed_dim * (self.n_last_blocks + int(self.avgpool))
-
-    @property
-    def label(self) -> str:
-        return f"cls{self.n_last_blocks}" + ("+avgpool" if self.avgpool else "")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        return cls(n_last_blocks=int(d["n_last_blocks"]), avgpool=bool(d["avgpool"]))
-
-
-def spec_features(model: iBOTViT, x: Tensor, specs: list[FeatureSpec]) -> list[Tensor]:
-    """Images (B, 3, H, W) -> one (B, spec.dim(D)) tensor per spec, from a single backbone pass."""
-    check_specs(specs, len(model.blocks))
-    tokens = model.get_intermediate_layers(x, max(s.n_last_blocks for s in specs), norm=True)  # oldest first
-    out = []
-    for s in specs:
-        parts = [t[:, 0] for t in tokens[len(tokens) - s.n_last_blocks:]]
-        if s.avgpool:
-            parts.append(tokens[-1][:, 1:].mean(dim=1))
-        out.append(torch.cat(parts, dim=-1))
-    return out
-
-
-def check_specs(specs: list[FeatureSpec], depth: int) -> None:
-    if not specs:
-        raise ValueError("no feature specs given")
-    for s in specs:
-        if not 1 <= s.n_last_blocks <= depth:
-            raise ValueError(f"feature n_last_blocks={s.n_last_blocks} must be in [1, {depth}] (the backbone depth)")
+#: ``compute()`` of :func:`cached_features`: per-spec features (N, F_s) and labels (N,).
+FeatureFn = Callable[[], tuple[list[Tensor], Tensor]]
 
 
 @torch.no_grad()
@@ -101,7 +66,7 @@ def cache_key(**parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
-def cached_features(cache_dir: str | os.PathLike | None, key: str, compute, is_main: bool
+def cached_features(cache_dir: str | os.PathLike | None, key: str, compute: FeatureFn, is_main: bool
                     ) -> tuple[list[Tensor], Tensor, bool]:
     """``compute()`` -> (features, labels), or the copy stored under ``cache_dir/<key>.pth``.
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,11 +25,22 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+import transfer.state as run_state  # looked up at call time, so tests can interrupt a run after a checkpoint
+from ibot.distributed import all_reduce_sum, gathered_rng_states, wrap_ddp
 from ibot.vit import iBOTViT
+from transfer.backbone import BackboneInfo
+from transfer.datasets import ClassificationDataset
+from transfer.loaders import eval_loader, set_epoch, train_loader
+from transfer.runtime import autocast
+from transfer.session import Session
+from transfer.transforms import eval_transform, finetune_train_transform
 
-__all__ = ["ViTClassifier", "build_optimizer", "build_scheduler", "build_mixup_and_loss", "evaluate", "run"]
+__all__ = ["FineTune", "ViTClassifier", "build_finetune", "build_mixup_and_loss", "build_optimizer",
+           "build_scheduler", "evaluate", "finetune_metrics", "run", "scaled_lr", "train_finetune",
+           "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +99,10 @@ def build_mixup_and_loss(aug: dict[str, Any], num_classes: int) -> tuple[Mixup |
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, num_classes: int,
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool, num_classes: int,
              progress: bool = False) -> dict[str, float]:
-    """top-1 / top-5 (%) over the (sharded) loader of (images, labels, indices), summed over processes."""
-    from transfer.distributed import all_reduce_sum
-    from transfer.runtime import autocast
-
+    """top-1 / top-5 (%) over the (sharded) loader of (images (B, 3, H, W), labels (B,), indices), summed over
+    processes."""
     model.eval()
     counts = torch.zeros(3, dtype=torch.float64, device=device)  # correct@1, correct@5, seen
     for images, y, _ in tqdm(loader, desc="eval", disable=not progress, leave=False):
@@ -111,101 +121,155 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp: bool, num_clas
     return out
 
 
+# ------------------------------------------------------------------------------------------------------ the run
+@dataclass
+class FineTune:
+    """A fine-tuning run once built: data, classifier, optimisation and loaders."""
+
+    s: Session
+    info: BackboneInfo
+    train_set: ClassificationDataset
+    test_set: ClassificationDataset
+    num_classes: int
+    model: ViTClassifier
+    ddp: nn.Module  # the classifier under DDP (the classifier itself in a world of one)
+    lr: float  # peak lr after batch scaling
+    optimizer: torch.optim.AdamW
+    scheduler: CosineLRScheduler
+    mixup: Mixup | None
+    criterion: nn.Module
+    loader: DataLoader
+    test_loader: DataLoader
+
+
+def scaled_lr(s: Session) -> float:
+    """Peak lr: ``optim.lr`` per ``lr_batch_ref`` images, times the total batch (batch_size x processes)."""
+    optim, total = s.cfg["optim"], s.cfg["batch_size"] * s.env.world
+    lr = optim["lr"] * total / optim["lr_batch_ref"]
+    if s.cfg["sched"]["min_lr"] > lr and s.env.is_main:
+        log.warning("min_lr %.3g exceeds the scaled peak lr %.3g (lr %.3g x %d images / %d): the cosine rises "
+                    "instead of decaying, as the recipe does at this batch size", s.cfg["sched"]["min_lr"], lr,
+                    optim["lr"], total, optim["lr_batch_ref"])
+    return lr
+
+
+def build_finetune(s: Session) -> FineTune:
+    """Data, classifier, optimiser, schedule, mixup and loaders, in the order that fixes the random streams
+    (backbone init, head init, then the training data)."""
+    cfg = s.cfg
+    img, batch, cuda = cfg["model"]["img_size"], cfg["batch_size"], s.device.type == "cuda"
+    train_set = s.dataset(cfg["data"]["train_split"], finetune_train_transform(img, cfg["aug"]))
+    test_set = s.dataset(cfg["data"]["test_split"], eval_transform(img))
+    num_classes = s.num_classes(train_set)
+    backbone, info = s.backbone(drop_path_rate=cfg["drop_path_rate"])
+    model = ViTClassifier(backbone, num_classes).to(s.device)
+    ddp = wrap_ddp(model, s.env)
+    lr = scaled_lr(s)
+    optimizer = build_optimizer(model, cfg["optim"], lr)
+    scheduler = build_scheduler(optimizer, cfg["epochs"], cfg["sched"])
+    mixup, criterion = build_mixup_and_loss(cfg["aug"], num_classes)
+    if mixup is not None and batch % 2:
+        raise ValueError(f"mixup/cutmix pair samples within a batch: batch_size must be even, got {batch}")
+    loader = train_loader(train_set, batch, s.env, seed=cfg["seed"], num_workers=cfg["num_workers"],
+                          repeated_aug=cfg["aug"]["repeated_aug"], pin_memory=cuda)
+    test_loader = eval_loader(test_set, batch, s.env, num_workers=cfg["num_workers"], pin_memory=cuda)
+    return FineTune(s, info, train_set, test_set, num_classes, model, ddp, lr, optimizer, scheduler, mixup,
+                    criterion, loader, test_loader)
+
+
+def _resume(f: FineTune) -> tuple[int, list[dict[str, Any]], dict[str, Any]]:
+    """(epochs done, history, best) from the run folder's checkpoint, restoring the model, optimiser, schedule and
+    RNG streams; a fresh start without one."""
+    state = run_state.load_state(f.s.output_dir, f.s.cfg)
+    if state is None:
+        return 0, [], {"top1": -1.0, "epoch": None}
+    f.model.load_state_dict(state["model"])
+    f.optimizer.load_state_dict(state["optimizer"])
+    f.scheduler.load_state_dict(state["scheduler"])
+    run_state.restore_rng(state["rng"], f.s.env, f.s.cfg["seed"], state["epoch"])
+    return state["epoch"], state["history"], state["best"]
+
+
+def train_one_epoch(f: FineTune, epoch: int) -> dict[str, Any]:
+    """One epoch (0-based ``epoch``) of mixup + AdamW steps; returns its record (mean loss, peak lr, img/s)."""
+    s, cfg = f.s, f.s.cfg
+    f.scheduler.step(epoch)
+    set_epoch(f.loader, epoch)
+    f.ddp.train()
+    loss_sum, steps, t0 = None, 0, time.perf_counter()
+    for images, y in tqdm(f.loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not s.progress, leave=False):
+        images, y = images.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
+        if f.mixup is not None:
+            images, y = f.mixup(images, y)
+        with autocast(s.device, s.amp):
+            logits = f.ddp(images)
+        loss = f.criterion(logits.float(), y)
+        f.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg["optim"]["clip_grad"]:
+            nn.utils.clip_grad_norm_(f.model.parameters(), cfg["optim"]["clip_grad"])
+        f.optimizer.step()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # no per-step host sync
+        steps += 1
+    train_s = time.perf_counter() - t0
+    mean_loss = float(loss_sum.item()) / steps
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"training loss is {mean_loss} in epoch {epoch + 1}; lower optim.lr or disable amp")
+    return {"epoch": epoch + 1, "loss": mean_loss, "lr": max(g["lr"] for g in f.optimizer.param_groups),
+            "train_img_per_s": round(steps * cfg["batch_size"] * s.env.world / train_s, 2)}
+
+
+def _save(f: FineTune, epoch: int, history: list[dict[str, Any]], best: dict[str, Any]) -> None:
+    """Checkpoint after ``epoch`` (0-based) with every process's RNG state (a collective; the main process
+    writes)."""
+    rngs = gathered_rng_states(f.s.device)
+    if f.s.env.is_main:
+        run_state.save_state(f.s.output_dir, {
+            "config": f.s.cfg, "epoch": epoch + 1, "model": f.model.state_dict(),
+            "optimizer": f.optimizer.state_dict(), "scheduler": f.scheduler.state_dict(), "history": history,
+            "best": best, "rng": rngs})
+
+
+def train_finetune(f: FineTune) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train from where the run folder left off, evaluating every ``eval_every`` epochs and after the last;
+    returns (per-epoch history, best evaluated top-1 and its epoch)."""
+    s, cfg = f.s, f.s.cfg
+    start_epoch, history, best = _resume(f)
+    for epoch in range(start_epoch, cfg["epochs"]):
+        record = train_one_epoch(f, epoch)
+        if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
+            acc = evaluate(f.model, f.test_loader, s.device, s.amp, f.num_classes, s.progress)
+            record.update(acc)
+            if acc["top1"] > best["top1"]:
+                best = {"top1": acc["top1"], "epoch": epoch + 1}
+        history.append(record)
+        log.info("epoch %d/%d: %s", epoch + 1, cfg["epochs"], record)
+        _save(f, epoch, history, best)
+    return history, best
+
+
+def finetune_metrics(f: FineTune, history: list[dict[str, Any]], best: dict[str, Any]) -> dict[str, Any]:
+    """The result's ``metrics``: best and last top-1, last top-5, the effective lr and the last epoch's speed."""
+    last = next(r for r in reversed(history) if "top1" in r)
+    return {"top1_best": best["top1"], "best_epoch": best["epoch"], "top1_last": last["top1"],
+            "top5_last": last.get("top5"), "lr_effective": f.lr, "train_img_per_s": history[-1]["train_img_per_s"]}
+
+
+def _headline(report: str, metrics: dict[str, Any]) -> tuple[float, str]:
+    """(value, selection) of the result's headline metric for ``report`` 'best' or 'last'."""
+    if report == "best":
+        return metrics["top1_best"], "max test top-1 over evaluated epochs (DeiT 'Max accuracy', as iBOT reports)"
+    return metrics["top1_last"], "test top-1 after the last epoch"
+
+
 def run(cfg: dict[str, Any]) -> dict[str, Any]:
     """Fine-tuning protocol end to end; returns the result record (also in ``<output_dir>/result.json``)."""
-    from transfer.distributed import wrap_ddp
-    from transfer.loaders import eval_loader, set_epoch, train_loader
-    from transfer.runtime import autocast
-    from transfer.session import Session
-    from transfer.state import load_state, restore_rng, rng_states, save_state
-    from transfer.transforms import eval_transform, finetune_train_transform
-
     if cfg["report"] not in ("best", "last"):
         raise ValueError(f"report must be 'best' or 'last', got {cfg['report']!r}")
     with Session(cfg) as s:
-        img = cfg["model"]["img_size"]
-        train_set = s.dataset(cfg["data"]["train_split"], finetune_train_transform(img, cfg["aug"]))
-        test_set = s.dataset(cfg["data"]["test_split"], eval_transform(img))
-        num_classes = s.num_classes(train_set)
-        backbone, info = s.backbone(drop_path_rate=cfg["drop_path_rate"])
-        model = ViTClassifier(backbone, num_classes).to(s.device)
-        ddp = wrap_ddp(model, s.device, s.ctx)
-
-        batch, world = cfg["batch_size"], s.ctx.world_size
-        optim = cfg["optim"]
-        lr = optim["lr"] * batch * world / optim["lr_batch_ref"]
-        if cfg["sched"]["min_lr"] > lr and s.ctx.is_main:
-            log.warning("min_lr %.3g exceeds the scaled peak lr %.3g (lr %.3g x %d images / %d): the cosine rises "
-                        "instead of decaying, as the recipe does at this batch size", cfg["sched"]["min_lr"], lr,
-                        optim["lr"], batch * world, optim["lr_batch_ref"])
-        optimizer = build_optimizer(model, optim, lr)
-        scheduler = build_scheduler(optimizer, cfg["epochs"], cfg["sched"])
-        mixup, criterion = build_mixup_and_loss(cfg["aug"], num_classes)
-        if mixup is not None and batch % 2:
-            raise ValueError(f"mixup/cutmix pair samples within a batch: batch_size must be even, got {batch}")
-
-        loader = train_loader(train_set, batch, s.ctx, seed=cfg["seed"], num_workers=cfg["num_workers"],
-                              repeated_aug=cfg["aug"]["repeated_aug"], pin_memory=s.device.type == "cuda")
-        test_loader = eval_loader(test_set, batch, s.ctx, num_workers=cfg["num_workers"],
-                                  pin_memory=s.device.type == "cuda")
-
-        start_epoch, history = 0, []
-        best = {"top1": -1.0, "epoch": None}
-        state = load_state(s.output_dir, cfg)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history, best = state["epoch"], state["history"], state["best"]
-            restore_rng(state["rng"], s.ctx, cfg["seed"], start_epoch)
-
-        for epoch in range(start_epoch, cfg["epochs"]):
-            scheduler.step(epoch)
-            set_epoch(loader, epoch)
-            ddp.train()
-            loss_sum, steps, t0 = None, 0, time.perf_counter()
-            for images, y in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg['epochs']}", disable=not s.progress,
-                                  leave=False):
-                images, y = images.to(s.device, non_blocking=True), y.to(s.device, non_blocking=True)
-                if mixup is not None:
-                    images, y = mixup(images, y)
-                with autocast(s.device, s.amp):
-                    logits = ddp(images)
-                loss = criterion(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if optim["clip_grad"]:
-                    nn.utils.clip_grad_norm_(model.parameters(), optim["clip_grad"])
-                optimizer.step()
-                loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()  # no per-step sync
-                steps += 1
-            train_s = time.perf_counter() - t0
-            mean_loss = float(loss_sum.item()) / steps
-            if not math.isfinite(mean_loss):
-                raise FloatingPointError(f"training loss is {mean_loss} in epoch {epoch + 1}; lower optim.lr or "
-                                         "disable amp")
-            record: dict[str, Any] = {"epoch": epoch + 1, "loss": mean_loss,
-                                      "lr": max(g["lr"] for g in optimizer.param_groups),
-                                      "train_img_per_s": round(steps * batch * world / train_s, 2)}
-            if (epoch + 1) % cfg["eval_every"] == 0 or epoch + 1 == cfg["epochs"]:
-                acc = evaluate(model, test_loader, s.device, s.amp, num_classes, s.progress)
-                record.update(acc)
-                if acc["top1"] > best["top1"]:
-                    best = {"top1": acc["top1"], "epoch": epoch + 1}
-            history.append(record)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg["epochs"], record)
-            rngs = rng_states()
-            if s.ctx.is_main:
-                save_state(s.output_dir, {"config": cfg, "epoch": epoch + 1, "model": model.state_dict(),
-                                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                          "history": history, "best": best, "rng": rngs})
-
-        last = next(r for r in reversed(history) if "top1" in r)
-        metrics = {"top1_best": best["top1"], "best_epoch": best["epoch"], "top1_last": last["top1"],
-                   "top5_last": last.get("top5"), "lr_effective": lr,
-                   "train_img_per_s": history[-1]["train_img_per_s"]}
-        value = best["top1"] if cfg["report"] == "best" else last["top1"]
-        selection = ("max test top-1 over evaluated epochs (DeiT 'Max accuracy', as iBOT reports)"
-                     if cfg["report"] == "best" else "test top-1 after the last epoch")
-        return s.finish(info, train_set, test_set, metric_name="top1", value=value, metrics=metrics,
+        f = build_finetune(s)
+        history, best = train_finetune(f)
+        metrics = finetune_metrics(f, history, best)
+        value, selection = _headline(cfg["report"], metrics)
+        return s.finish(f.info, f.train_set, f.test_set, metric_name="top1", value=value, metrics=metrics,
                         selection=selection, history=history)

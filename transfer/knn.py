@@ -11,7 +11,15 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+from ibot.features import FeatureSpec
+from transfer.backbone import BackboneInfo
+from transfer.datasets import ClassificationDataset
+from transfer.features import cache_key, cached_features, extract_features
+from transfer.loaders import eval_loader
+from transfer.session import Session
+from transfer.transforms import eval_transform
 
 __all__ = ["knn_scores", "knn_accuracy", "run"]
 
@@ -57,47 +65,58 @@ def knn_accuracy(scores: Tensor, labels: Tensor) -> dict[str, float]:
     return out
 
 
-def run(cfg: dict[str, Any]) -> dict[str, Any]:
-    """k-NN protocol end to end; returns the result record (also written to ``<output_dir>/result.json``)."""
-    from transfer.features import FeatureSpec, cache_key, cached_features, check_specs, extract_features
-    from transfer.loaders import eval_loader
-    from transfer.session import Session
-    from transfer.transforms import eval_transform
+def _split_features(s: Session, info: BackboneInfo, model: nn.Module, spec: FeatureSpec, split: str,
+                    dataset: ClassificationDataset) -> tuple[Tensor, Tensor, bool]:
+    """One split's features (N, F) and labels (N,), from the cache when present; also whether they were cached.
 
+    A randomly initialised backbone has no checkpoint hash to key the cache by: its features are recomputed.
+    """
+    cfg = s.cfg
+    tf = dataset.transform
+    key = cache_key(ckpt=info.checkpoint_sha256, model=s.model_shape(info), data=cfg["data"], split=split,
+                    n=len(dataset), spec=spec.to_dict(), transform=repr(tf))
+    loader = eval_loader(dataset, cfg["batch_size"], s.env, num_workers=cfg["num_workers"])
+    cache_dir = s.output_dir / "features" if cfg["cache"] and info.checkpoint_sha256 is not None else None
+    feats, labels, hit = cached_features(
+        cache_dir, key, lambda: extract_features(model, loader, [spec], s.device, s.amp, s.progress,
+                                                 f"{split} features"), s.env.is_main)
+    return feats[0], labels, hit
+
+
+def _knn_metrics(cfg: dict[str, Any], train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor,
+                 num_classes: int, device: torch.device) -> dict[str, float]:
+    """``top1@k=<k>`` / ``top5@k=<k>`` (%) for every k of the config; features (N, F) / (M, F), labels (N,) / (M,)."""
+    ks = sorted(int(k) for k in cfg["ks"])
+    scores = knn_scores(train_x.to(device), train_y.to(device), test_x.to(device), ks, cfg["temperature"],
+                        num_classes)
+    metrics: dict[str, float] = {}
+    for k in ks:
+        acc = knn_accuracy(scores[k], test_y.to(device))
+        metrics.update({f"{name}@k={k}": value for name, value in acc.items()})
+        log.info("k-NN k=%d T=%g: %s", k, cfg["temperature"], acc)
+    return metrics
+
+
+def run(cfg: dict[str, Any]) -> dict[str, Any]:
+    """k-NN protocol end to end; returns the result record (also written to ``<output_dir>/result.json``).
+
+    ``metrics`` holds ``top1@k=<k>`` / ``top5@k=<k>``, ``feature`` (the feature spec as a dict,
+    ``ibot.features.FeatureSpec.to_dict``) and ``features_from_cache`` ({split: bool}).
+    """
     ks, report_k = sorted(int(k) for k in cfg["ks"]), int(cfg["report_k"])
     if report_k not in ks:
         raise ValueError(f"report_k={report_k} is not among ks={ks}")
+    spec = FeatureSpec.from_dict(cfg["feature"])
     with Session(cfg) as s:
-        spec = FeatureSpec.from_dict(cfg["feature"])
         model, info = s.backbone(drop_path_rate=0.0)
-        check_specs([spec], len(model.blocks))
+        spec.check(len(model.blocks))
         tf = eval_transform(cfg["model"]["img_size"])
         train_set, test_set = s.dataset(cfg["data"]["train_split"], tf), s.dataset(cfg["data"]["test_split"], tf)
         num_classes = s.num_classes(train_set)
-        cache_dir = s.output_dir / "features" if cfg["cache"] else None
-        loaded = {}
-
-        def features(split: str, dataset) -> tuple[Tensor, Tensor]:
-            key = cache_key(ckpt=info.checkpoint_sha256, model=s.model_shape(), data=cfg["data"], split=split,
-                            n=len(dataset), spec=cfg["feature"], transform=repr(tf))
-            loader = eval_loader(dataset, cfg["batch_size"], s.ctx, num_workers=cfg["num_workers"])
-            # A randomly initialised backbone has no hash to key the cache by: always recompute.
-            feats, labels, hit = cached_features(
-                cache_dir if info.checkpoint_sha256 is not None else None, key,
-                lambda: extract_features(model, loader, [spec], s.device, s.amp, s.progress, f"{split} features"),
-                s.ctx.is_main)
-            loaded[split] = hit
-            return feats[0], labels
-
-        train_x, train_y = features("train", train_set)
-        test_x, test_y = features("test", test_set)
-        scores = knn_scores(train_x.to(s.device), train_y.to(s.device), test_x.to(s.device), ks,
-                            cfg["temperature"], num_classes)
-        metrics: dict[str, Any] = {}
-        for k in ks:
-            acc = knn_accuracy(scores[k], test_y.to(s.device))
-            metrics.update({f"{name}@k={k}": value for name, value in acc.items()})
-            log.info("k-NN k=%d T=%g: %s", k, cfg["temperature"], acc)
-        metrics["features_from_cache"] = loaded
+        train_x, train_y, train_hit = _split_features(s, info, model, spec, "train", train_set)
+        test_x, test_y, test_hit = _split_features(s, info, model, spec, "test", test_set)
+        metrics: dict[str, Any] = _knn_metrics(cfg, train_x, train_y, test_x, test_y, num_classes, s.device)
+        metrics["feature"] = spec.to_dict()
+        metrics["features_from_cache"] = {"train": train_hit, "test": test_hit}
         return s.finish(info, train_set, test_set, metric_name=f"top1@k={report_k}",
                         value=metrics[f"top1@k={report_k}"], metrics=metrics)

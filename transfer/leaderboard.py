@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import html
 import io
 import logging
 import statistics
@@ -19,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ibot.atomic import atomic_write_text
+from ibot.report import Page, Strong
 from transfer.references import REFERENCE_ROWS
-from transfer.results import find_result_files, load_result, write_text
+from transfer.results import SCHEMA, find_result_files, load_result
 
 __all__ = ["Cell", "Row", "Table", "build_table", "to_markdown", "to_csv", "to_html", "to_latex", "FORMATS", "main"]
 
@@ -38,14 +39,18 @@ DAGGER = "†"
 
 @dataclass
 class Cell:
+    """One table cell: the headline value of every seed run."""
+
     values: list[float]
 
     @property
     def n(self) -> int:
+        """Seed count."""
         return len(self.values)
 
     @property
     def mean(self) -> float:
+        """Mean over seeds."""
         return statistics.fmean(self.values)
 
     @property
@@ -56,6 +61,8 @@ class Cell:
 
 @dataclass
 class Row:
+    """One model: its cells by (data set, protocol) column; ``reference`` cites a published row."""
+
     name: str
     params: int | None
     pretrain_data: str
@@ -63,6 +70,7 @@ class Row:
     reference: str | None = None  # citation for published rows
 
     def mean(self, columns: Sequence[Column]) -> float | None:
+        """Mean of the cell means over ``columns``; ``None`` unless every column is present."""
         if not columns or any(c not in self.cells for c in columns):
             return None
         return statistics.fmean(self.cells[c].mean for c in columns)
@@ -70,6 +78,8 @@ class Row:
 
 @dataclass
 class Table:
+    """Rows x columns, and the metric names each column was built from (to flag mixed metrics)."""
+
     columns: list[Column]
     rows: list[Row]
     metric_names: dict[Column, list[str]]
@@ -87,7 +97,8 @@ class Table:
         return out
 
 
-def _column_sort_key(col: Column) -> tuple:
+def _column_sort_key(col: Column) -> tuple[int, str, int, str]:
+    """Known data sets and protocols in display order, unknown ones after them alphabetically."""
     ds, proto = col
     ds_rank = list(DATASET_LABELS).index(ds) if ds in DATASET_LABELS else len(DATASET_LABELS)
     pr_rank = PROTOCOL_ORDER.index(proto) if proto in PROTOCOL_ORDER else len(PROTOCOL_ORDER)
@@ -141,15 +152,18 @@ def build_table(records: Iterable[dict[str, Any]], references: bool = False,
 
 # ------------------------------------------------------------------------------------------------------- rendering
 def column_label(col: Column) -> str:
+    """``('cifar10', 'knn')`` -> ``'CIFAR-10 k-NN'``."""
     ds, proto = col
     return f"{DATASET_LABELS.get(ds, ds)} {PROTOCOL_LABELS.get(proto, proto)}"
 
 
 def _params(p: int | None) -> str:
+    """Parameter count in millions (``21.7M``)."""
     return MISSING if p is None else f"{p / 1e6:.1f}M"
 
 
 def _number(cell: Cell, digits: int, pm: str) -> str:
+    """``mean`` or ``mean ± std (seeds)``."""
     text = f"{cell.mean:.{digits}f}"
     if cell.std is not None:
         text += f" {pm} {cell.std:.{digits}f} ({cell.n})"
@@ -157,15 +171,18 @@ def _number(cell: Cell, digits: int, pm: str) -> str:
 
 
 def _is_best(value: float | None, best: float | None, digits: int) -> bool:
+    """Whether ``value`` equals the column's best at ``digits`` decimals."""
     # compare at the printed precision so visually equal values are all marked
     return value is not None and best is not None and round(value, digits) == round(best, digits)
 
 
 def _row_name(row: Row) -> str:
+    """The model name, with a dagger on published rows."""
     return row.name + (DAGGER if row.reference else "")
 
 
 def _notes(table: Table) -> list[str]:
+    """The lines under the table: how to read it, non-top-1 metrics, citations."""
     notes = ["Cells: top-1 (%); with several seeds mean ± sample std (seed count); – = not run; best per column in "
              "bold; Mean only for rows with every column."]
     special = {f"{column_label(c)}: {', '.join(n)}" for c, n in table.metric_names.items() if n != ["top1"]}
@@ -191,6 +208,7 @@ def _cells(table: Table, row: Row, digits: int, pm: str) -> list[tuple[str, bool
 
 
 def to_markdown(table: Table, digits: int = 1) -> str:
+    """A Markdown table (best per column in ``**bold**``) followed by the notes."""
     header = ["Model", "Params", "Pretrain data", *map(column_label, table.columns), "Mean"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|"]
     for row in table.rows:
@@ -201,6 +219,7 @@ def to_markdown(table: Table, digits: int = 1) -> str:
 
 
 def to_csv(table: Table, digits: int = 4) -> str:
+    """One CSV row per model: per column its mean, std, seed count and a 0/1 best flag, then the mean."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     cols = [f"{ds}/{proto}" for ds, proto in table.columns]
@@ -224,6 +243,7 @@ def to_csv(table: Table, digits: int = 4) -> str:
 
 
 def _dataset_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
+    """Runs of consecutive columns of one data set: ``[(dataset, span), ...]``."""
     groups: list[tuple[str, int]] = []
     for ds, _ in columns:
         if groups and groups[-1][0] == ds:
@@ -234,23 +254,17 @@ def _dataset_groups(columns: Sequence[Column]) -> list[tuple[str, int]]:
 
 
 def to_html(table: Table, digits: int = 1, title: str = "Transfer leaderboard") -> str:
-    e = html.escape
-    groups = _dataset_groups(table.columns)
-    head1 = ['<th rowspan="2">Model</th>', '<th rowspan="2">Params</th>', '<th rowspan="2">Pretrain data</th>']
-    head1 += [f'<th colspan="{n}">{e(DATASET_LABELS.get(ds, ds))}</th>' for ds, n in groups]
-    head1.append('<th rowspan="2">Mean</th>')
-    head2 = [f"<th>{e(PROTOCOL_LABELS.get(p, p))}</th>" for _, p in table.columns]
-    body = []
-    for row in table.rows:
-        cells = [f"<td><b>{e(t)}</b></td>" if b else f"<td>{e(t)}</td>" for t, b in _cells(table, row, digits, "±")]
-        body.append("<tr>" + "".join([f"<td>{e(_row_name(row))}</td>", f"<td>{e(_params(row.params))}</td>",
-                                      f"<td>{e(row.pretrain_data)}</td>", *cells]) + "</tr>")
-    notes = "".join(f"<p>{e(n)}</p>\n" for n in _notes(table))
-    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{e(title)}</title>\n"
-            "<style>table{border-collapse:collapse}th,td{border:1px solid #999;padding:2px 6px;text-align:right}"
-            "td:nth-child(-n+3){text-align:left}</style></head><body>\n"
-            f"<table>\n<thead><tr>{''.join(head1)}</tr>\n<tr>{''.join(head2)}</tr></thead>\n<tbody>\n"
-            + "\n".join(body) + f"\n</tbody>\n</table>\n{notes}</body></html>\n")
+    """One self-contained HTML page (``ibot.report.Page``): data sets span their protocols in a first header row,
+    the best value of each column in bold, the notes below."""
+    page = Page(title)
+    groups = [("", 3), *((DATASET_LABELS.get(ds, ds), n) for ds, n in _dataset_groups(table.columns)), ("", 1)]
+    header = ["Model", "Params", "Pretrain data", *(PROTOCOL_LABELS.get(p, p) for _, p in table.columns), "Mean"]
+    rows = [[_row_name(row), _params(row.params), row.pretrain_data,
+             *(Strong(t) if b else t for t, b in _cells(table, row, digits, "±"))] for row in table.rows]
+    page.table(header, rows, groups=groups)
+    for note in _notes(table):
+        page.para(note)
+    return page.html()
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -259,6 +273,7 @@ _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$",
 
 
 def _tex(text: str) -> str:
+    """``text`` with LaTeX's special characters escaped."""
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in text)
 
 
@@ -293,6 +308,7 @@ FORMATS = {"md": to_markdown, "csv": to_csv, "html": to_html, "tex": to_latex}
 
 # ------------------------------------------------------------------------------------------------------------- CLI
 def _parse_column(text: str) -> Column:
+    """``'cifar10/finetune'`` -> ``('cifar10', 'finetune')`` (an ``argparse`` type)."""
     if "/" not in text:
         raise argparse.ArgumentTypeError(f"column {text!r} must be <dataset>/<protocol>, e.g. cifar10/finetune")
     ds, proto = text.split("/", 1)
@@ -312,13 +328,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     files = find_result_files(args.results)
     if not files:
-        raise SystemExit(f"no transfer result files (schema ibot-suite/transfer-result/1) under {args.results}")
+        raise SystemExit(f"no transfer result files (schema {SCHEMA}) under {args.results}")
     table = build_table([load_result(f) for f in files], references=args.paper, columns=args.columns)
     out = {fmt: (FORMATS[fmt](table) if fmt == "csv" else FORMATS[fmt](table, args.digits)) for fmt in args.formats}
     if args.out:
         for fmt, text in out.items():
             path = Path(f"{args.out}.{fmt}")
-            write_text(path, text)
+            atomic_write_text(path, text)
             log.info("wrote %s", path)
     else:
         print(out.get("md") or next(iter(out.values())))

@@ -8,7 +8,7 @@ from typing import Any, Iterator
 from timm.data.distributed_sampler import RepeatAugSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
-from transfer.distributed import DistContext
+from ibot.distributed import DistEnv
 
 __all__ = ["Indexed", "ShardSampler", "train_loader", "eval_loader", "set_epoch"]
 
@@ -33,17 +33,17 @@ class ShardSampler(Sampler[int]):
     ``DistributedSampler`` pads with repeats so shards are equal, which would count some test images twice.
     """
 
-    def __init__(self, n: int, ctx: DistContext) -> None:
-        self.n, self.ctx = n, ctx
+    def __init__(self, n: int, env: DistEnv) -> None:
+        self.n, self.env = n, env
 
     def __iter__(self) -> Iterator[int]:
-        return iter(range(self.ctx.rank, self.n, self.ctx.world_size))
+        return iter(range(self.env.rank, self.n, self.env.world))
 
     def __len__(self) -> int:
-        return max(0, math.ceil((self.n - self.ctx.rank) / self.ctx.world_size))
+        return max(0, math.ceil((self.n - self.env.rank) / self.env.world))
 
 
-def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, *, seed: int, num_workers: int,
+def train_loader(dataset: Dataset, batch_size: int, env: DistEnv, *, seed: int, num_workers: int,
                  repeated_aug: bool = False, drop_last: bool = True, pin_memory: bool = False) -> DataLoader:
     """Shuffled per-process batches; call ``loader.sampler.set_epoch(e)`` when it has one.
 
@@ -52,10 +52,10 @@ def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, *, seed: i
     the global torch RNG, which resuming restores.
     """
     n = len(dataset)  # type: ignore[arg-type]
-    if ctx.enabled:
-        sampler: Sampler[int] = (RepeatAugSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True)
+    if env.enabled:
+        sampler: Sampler[int] = (RepeatAugSampler(dataset, num_replicas=env.world, rank=env.rank, shuffle=True)
                                  if repeated_aug else
-                                 DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=seed))
+                                 DistributedSampler(dataset, env.world, env.rank, shuffle=True, seed=seed))
     else:
         sampler = RandomSampler(dataset)
     per_process = len(sampler)  # type: ignore[arg-type]
@@ -66,10 +66,10 @@ def train_loader(dataset: Dataset, batch_size: int, ctx: DistContext, *, seed: i
                       drop_last=drop_last, pin_memory=pin_memory, persistent_workers=False)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, ctx: DistContext, *, num_workers: int,
+def eval_loader(dataset: Dataset, batch_size: int, env: DistEnv, *, num_workers: int,
                 pin_memory: bool = False) -> DataLoader:
     """In-order, unpadded shard of ``Indexed(dataset)``: batches of (images, labels, indices)."""
-    return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=ShardSampler(len(dataset), ctx),
+    return DataLoader(Indexed(dataset), batch_size=batch_size, sampler=ShardSampler(len(dataset), env),
                       num_workers=num_workers, pin_memory=pin_memory)
 
 

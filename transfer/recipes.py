@@ -11,8 +11,11 @@ import copy
 import importlib
 import json
 from collections.abc import Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
+from ibot.features import FeatureSpec
+from transfer.backbone import recipe_arch
 from transfer.configs import defaults
 
 __all__ = ["PROTOCOLS", "DATASET_NAMES", "ConfigKeyError", "resolve", "parse_overrides", "merge"]
@@ -22,7 +25,9 @@ DATASET_NAMES = ("cifar10", "cifar100", "flowers102", "cars", "inat2018", "inat2
 
 
 class ConfigKeyError(KeyError):
-    __str__ = BaseException.__str__
+    """An override names a key the config does not have (the message lists the valid ones)."""
+
+    __str__ = BaseException.__str__  # KeyError would print the message in quotes, escaped
 
 
 def merge(base: dict[str, Any], delta: Mapping[str, Any], where: str = "") -> dict[str, Any]:
@@ -38,6 +43,7 @@ def merge(base: dict[str, Any], delta: Mapping[str, Any], where: str = "") -> di
 
 
 def _parse_value(text: str) -> Any:
+    """``--set`` value text -> a Python literal (bool / None case-insensitively), else the text itself."""
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -64,7 +70,8 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _dataset_module(name: str):
+def _dataset_module(name: str) -> ModuleType:
+    """The recipe module ``transfer.configs.<name>``."""
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown data set {name!r}; choose from {list(DATASET_NAMES)}")
     return importlib.import_module(f"transfer.configs.{name}")
@@ -80,13 +87,26 @@ def resolve(protocol: str, dataset: str, overrides: Mapping[str, Any] | None = N
     cfg["protocol"] = protocol
     module = _dataset_module(dataset)
     merge(cfg["data"], module.DATA, "data.")
-    arch = overrides.get("model", {}).get("arch", cfg["model"]["arch"])
+    # The per-arch recipe follows the backbone actually evaluated: --arch, else the checkpoint's description.
+    arch = recipe_arch(merge(copy.deepcopy(cfg["model"]), overrides.get("model", {}), "model."))
     if protocol == "finetune":
         merge(cfg, module.FINETUNE)
         merge(cfg, module.FINETUNE_BY_ARCH.get(arch, {}))
     merge(cfg, overrides)
-    if protocol == "linear" and cfg["features"] == "auto":
-        if cfg["model"]["arch"] not in defaults.LINEAR_FEATURES_BY_ARCH:
-            raise ValueError(f"no linear feature preset for arch {cfg['model']['arch']!r}: set features=[...]")
-        cfg["features"] = copy.deepcopy(defaults.LINEAR_FEATURES_BY_ARCH[cfg["model"]["arch"]])
+    if protocol == "linear":
+        cfg["features"] = _linear_features(cfg["features"], arch)
+    if protocol == "knn":
+        cfg["feature"] = FeatureSpec.from_dict(cfg["feature"]).to_dict()
     return json.loads(json.dumps(cfg))
+
+
+def _linear_features(features: str | list[Mapping[str, Any]], arch: str | None) -> list[dict[str, Any]]:
+    """The linear-probe feature specs as ``FeatureSpec.to_dict()`` dicts (the older ``avgpool`` form is read too);
+    ``'auto'``: the preset of ``arch``."""
+    if features == "auto":
+        if arch not in defaults.LINEAR_FEATURES_BY_ARCH:
+            raise ValueError(f"no linear feature preset for arch {arch!r}: set features=[...]")
+        features = defaults.LINEAR_FEATURES_BY_ARCH[arch]
+    if isinstance(features, str) or not features:
+        raise ValueError(f"features must be 'auto' or a non-empty list of feature specs, got {features!r}")
+    return [FeatureSpec.from_dict(d).to_dict() for d in features]

@@ -1,4 +1,4 @@
-"""Device, mixed precision, seeding and RNG snapshots (for exact resumption) shared by the protocols."""
+"""Device, mixed precision and seeding shared by the protocols (RNG snapshots for resumption: ``ibot.distributed``)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["resolve_device", "amp_enabled", "autocast", "seed_all", "rng_state", "set_rng_state", "environment"]
+__all__ = ["resolve_device", "amp_enabled", "autocast", "seed_all", "environment"]
 
 
 def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
@@ -42,33 +42,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    """All RNG states as tensors and plain Python values, so the snapshot loads with ``weights_only=True``."""
-    version, internal, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore a :func:`rng_state` snapshot."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(int(v) for v in py["internal"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def environment(device: torch.device, world_size: int, amp: bool) -> dict[str, Any]:

@@ -10,6 +10,7 @@ Usage inside a protocol::
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -20,10 +21,10 @@ from typing import Any
 
 import torch
 
-from transfer.backbone import BackboneInfo, build_backbone
+from ibot.distributed import DistEnv, init_distributed, shutdown
+from transfer.backbone import RANDOM_INIT, BackboneInfo, build_backbone
 from transfer.datasets import ClassificationDataset, build_dataset
-from transfer.distributed import DistContext, init_distributed, shutdown
-from transfer.results import SCHEMA, write_json
+from transfer.results import SCHEMA, write_result
 from transfer.runtime import amp_enabled, environment, resolve_device, seed_all
 
 __all__ = ["Session", "default_output_dir"]
@@ -34,14 +35,24 @@ RESULT_NAME = "result.json"
 
 
 def _slug(text: str) -> str:
+    """``text`` as one safe path component."""
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_") or "model"
+
+
+def _model_slug(m: dict[str, Any]) -> str:
+    """``<arch>_p<patch>_<checkpoint stem>`` from the flags; unset flags are the checkpoint's description (left
+    out of the name) or, without a checkpoint, the random-initialisation defaults."""
+    if m["name"]:
+        return m["name"]
+    if not m["pretrained"]:
+        return f"{m['arch'] or RANDOM_INIT['arch']}_p{m['patch_size'] or RANDOM_INIT['patch_size']}_random"
+    flags = [m["arch"], f"p{m['patch_size']}" if m["patch_size"] else None, Path(m["pretrained"]).stem]
+    return "_".join(f for f in flags if f)
 
 
 def default_output_dir(cfg: dict[str, Any]) -> Path:
     """``work_dirs/transfer/<protocol>/<dataset>/<model>/seed<seed>`` (relative to the working directory)."""
-    m = cfg["model"]
-    weights = Path(m["pretrained"]).stem if m["pretrained"] else "random"
-    model = m["name"] or f"{m['arch']}_p{m['patch_size']}_{weights}"
+    model = _model_slug(cfg["model"])
     dataset = cfg["data"]["tag"] or cfg["data"]["name"]
     return Path("work_dirs", "transfer", cfg["protocol"], dataset, _slug(model), f"seed{cfg['seed']}")
 
@@ -61,21 +72,24 @@ class Session:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = resolve_device(cfg["device"], local_rank)
         was_initialised = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.ctx: DistContext = init_distributed(self.device)
-        self._owns_group = self.ctx.enabled and not was_initialised
+        # The resolved device wins over the rank's default (an explicit --device cuda:N in a world of one).
+        self.env: DistEnv = dataclasses.replace(init_distributed(self.device), device=self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self._owns_group = self.env.enabled and not was_initialised
         self.amp = amp_enabled(cfg["amp"], self.device)
-        self.progress = bool(cfg["progress"]) and self.ctx.is_main
+        self.progress = bool(cfg["progress"]) and self.env.is_main
         # Different augmentation streams per process; weights are synchronised by DDP / loaded identically.
-        seed_all(int(cfg["seed"]) + self.ctx.rank)
+        seed_all(int(cfg["seed"]) + self.env.rank)
         self.started = datetime.datetime.now(datetime.timezone.utc)
         self._t0 = time.perf_counter()
-        if self.ctx.is_main:
+        if self.env.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             self._file_handler = logging.FileHandler(self.output_dir / "log.txt")
             self._file_handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
             logging.getLogger().addHandler(self._file_handler)
             log.info("%s on %s: output %s, device %s x %d, amp %s", cfg["protocol"], cfg["data"]["name"],
-                     self.output_dir, self.device, self.ctx.world_size, "bf16" if self.amp else "off")
+                     self.output_dir, self.device, self.env.world, "bf16" if self.amp else "off")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -87,14 +101,18 @@ class Session:
 
     # ------------------------------------------------------------------ building blocks
     def backbone(self, drop_path_rate: float) -> tuple[torch.nn.Module, BackboneInfo]:
+        """The run's backbone on the run's device (see :func:`transfer.backbone.build_backbone`)."""
         model, info = build_backbone(self.cfg["model"], drop_path_rate=drop_path_rate)
         return model.to(self.device), info
 
-    def model_shape(self) -> dict[str, Any]:
-        """The model settings that change its outputs (for feature-cache keys)."""
-        return {k: v for k, v in self.cfg["model"].items() if k not in ("name", "pretrain_data", "pretrained")}
+    def model_shape(self, info: BackboneInfo) -> dict[str, Any]:
+        """The model settings that change its outputs (for feature-cache keys): the flags and the description the
+        backbone was built from (the checkpoint's weights are keyed by its hash)."""
+        flags = {k: v for k, v in self.cfg["model"].items() if k not in ("name", "pretrain_data", "pretrained")}
+        return {**flags, "description": info.description}
 
     def dataset(self, split: str, transform: Any) -> ClassificationDataset:
+        """One split of the configured data set, read by its reader."""
         d = self.cfg["data"]
         return build_dataset(d["name"], d["root"], split, transform, d["layout"])
 
@@ -112,7 +130,8 @@ class Session:
     def finish(self, info: BackboneInfo, train_set: ClassificationDataset, test_set: ClassificationDataset, *,
                metric_name: str, value: float, metrics: dict[str, Any], selection: str = "",
                history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Assemble the result record; the main process writes ``<output_dir>/result.json``."""
+        """Assemble the result record; the main process writes ``<output_dir>/result.json`` (tagged
+        :data:`transfer.results.SCHEMA`)."""
         cfg = self.cfg
         finished = datetime.datetime.now(datetime.timezone.utc)
         record = {
@@ -127,15 +146,15 @@ class Session:
             "metrics": metrics,
             "seed": int(cfg["seed"]),
             "config": cfg,
-            "env": environment(self.device, self.ctx.world_size, self.amp),
+            "env": environment(self.device, self.env.world, self.amp),
             "history": history or [],
             "started": self.started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
             "wall_s": round(time.perf_counter() - self._t0, 3),
         }
-        if self.ctx.is_main:
+        if self.env.is_main:
             path = self.output_dir / RESULT_NAME
-            write_json(path, record)
+            write_result(path, record)
             log.info("%s = %.2f; result written to %s", metric_name, value, path)
             record["path"] = str(path)
         return record

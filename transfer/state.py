@@ -1,8 +1,9 @@
 """Per-epoch training state for resumption: one atomic ``checkpoint.pth`` per run directory.
 
 The file holds the trainable modules, optimizer, scheduler, epoch counter, the protocol's bookkeeping
-(best accuracy, history) and every RNG state, written with ``ibot.checkpoint.save_file`` (temporary file +
-rename, so an interrupted write never leaves a torn checkpoint) and read back with ``weights_only=True``.
+(best accuracy, history) and every process's RNG state (``ibot.distributed.gathered_rng_states``), written with
+``ibot.checkpoint.save_file`` (temporary file + rename, so an interrupted write never leaves a torn checkpoint)
+and read back with ``weights_only=True``.
 Resuming refuses a checkpoint written under a different configuration, except for keys that may change
 between a run and its continuation (``RESUMABLE_CHANGES``).
 """
@@ -14,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ibot.checkpoint import load_file, save_file
-from transfer.distributed import DistContext, all_gather_object
-from transfer.runtime import rng_state, seed_all, set_rng_state
+from ibot.distributed import DistEnv, set_rng_state
+from transfer.runtime import seed_all
 
-__all__ = ["CHECKPOINT_NAME", "ResumeMismatchError", "save_state", "load_state", "checkpoint_path", "rng_states",
-           "restore_rng"]
+__all__ = ["CHECKPOINT_NAME", "ResumeMismatchError", "save_state", "load_state", "checkpoint_path", "restore_rng"]
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +32,12 @@ class ResumeMismatchError(RuntimeError):
 
 
 def checkpoint_path(output_dir: str | os.PathLike) -> Path:
+    """``<output_dir>/checkpoint.pth``."""
     return Path(output_dir) / CHECKPOINT_NAME
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> ``{'optim.lr': ..., ...}`` (to compare configs key by key)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
@@ -71,16 +73,12 @@ def load_state(output_dir: str | os.PathLike, config: dict[str, Any]) -> dict[st
     return state
 
 
-def rng_states() -> list[dict[str, Any]]:
-    """Every process's RNG snapshot, in rank order (a collective: call it on all processes)."""
-    return all_gather_object(rng_state())  # type: ignore[return-value]
-
-
-def restore_rng(states: list[dict[str, Any]], ctx: DistContext, seed: int, epoch: int) -> None:
-    """Give each process back its own RNG streams; with a different process count, reseed deterministically."""
-    if len(states) == ctx.world_size:
-        set_rng_state(states[ctx.rank])
+def restore_rng(states: list[dict[str, Any]], env: DistEnv, seed: int, epoch: int) -> None:
+    """Give each process back its own RNG streams (``states``: ``ibot.distributed.gathered_rng_states()`` of the
+    run, one per rank); with a different process count, reseed deterministically."""
+    if len(states) == env.world:
+        set_rng_state(states[env.rank], env.device)
     else:
         log.warning("checkpoint has RNG states of %d processes, now %d: reseeding (the continuation will not "
-                    "replay the original random stream)", len(states), ctx.world_size)
-        seed_all(seed + ctx.rank + 1000 * epoch)
+                    "replay the original random stream)", len(states), env.world)
+        seed_all(seed + env.rank + 1000 * epoch)

@@ -127,7 +127,7 @@ def probe_head(linear_dir: Path, out: Path) -> dict[str, Any]:
     if not result_file.is_file() or not state_file.is_file():
         raise HarnessError(f"robustness needs the finished linear probe in {linear_dir} (its best head)")
     metrics = read_record(result_file)["metrics"]
-    h = metrics["heads"].index(metrics["best_head"])
+    h = int(metrics["best_head_index"])
     feature = FeatureSpec.from_dict(metrics["best_feature"])
     sweep = load_file(state_file)["sweep"]
     save_file({"weight": sweep[f"heads.{h}.weight"].clone(), "bias": sweep[f"heads.{h}.bias"].clone(),

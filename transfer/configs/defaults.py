@@ -19,16 +19,19 @@ COMMON = dict(
         tag=None,  # leaderboard column name; None = the reader name (e.g. tag=imagenet for an ImageFolder ImageNet)
     ),
     model=dict(
-        arch="vit_small",
-        patch_size=16,
-        img_size=224,
-        embed_dim=None,  # None = the arch preset; set with depth / num_heads for custom (e.g. tiny test) models
+        # Overrides of the backbone description (None = the checkpoint's description; without a checkpoint
+        # vit_small / 16, transfer.backbone.RANDOM_INIT). arch brings its preset shape; embed_dim / depth /
+        # num_heads win over it (custom, e.g. tiny test, models).
+        arch=None,
+        patch_size=None,
+        img_size=224,  # transfer input size (the checkpoint's position embedding is resized to it)
+        embed_dim=None,
         depth=None,
         num_heads=None,
         pretrained=None,  # checkpoint path (any format ibot.checkpoint understands)
         checkpoint_key=None,  # None = auto (teacher, then student, then wrappers)
         trust_checkpoint=False,  # allow pickled objects (official full checkpoints)
-        name=None,  # leaderboard row name; None = '<arch>/<patch> (<checkpoint stem>)'
+        name=None,  # leaderboard row name; None = '<arch>/<patch> (<checkpoint stem>)' of the description
         pretrain_data=None,  # e.g. 'IN-1k' (leaderboard column)
     ),
 )
@@ -73,7 +76,7 @@ KNN = dict(
     ks=(10, 20, 100, 200),
     temperature=0.07,
     report_k=20,  # the k whose top-1 is the run's headline metric ("20 is usually working the best")
-    feature=dict(n_last_blocks=1, avgpool=False),  # final-norm [CLS]
+    feature=dict(n_last_blocks=1, pooling="cls"),  # final-norm [CLS] (ibot.features.FeatureSpec)
     cache=True,  # reuse features from <output_dir>/features/ (keyed by checkpoint hash, data, transform)
 )
 
@@ -85,7 +88,7 @@ LINEAR = dict(
     lr_batch_ref=256,  # lr_eff = lr * batch_size * world_size / 256
     momentum=0.9,
     weight_decay=0.0,
-    features="auto",  # 'auto' = per-arch preset below, or a list of dict(n_last_blocks=, avgpool=)
+    features="auto",  # 'auto' = per-arch preset below, or a list of dict(n_last_blocks=, pooling=) (FeatureSpec)
     train_aug=True,  # DINO protocol (RandomResizedCrop + flip); False = train on cached centre-crop features
     eval_every=1,
     cache=True,  # only used with train_aug=False
@@ -94,8 +97,8 @@ LINEAR = dict(
 #: DINO / iBOT linear features: ViT-S concatenates [CLS] of the last 4 blocks, ViT-B/L use the last [CLS]
 #: plus the mean patch token.
 LINEAR_FEATURES_BY_ARCH = {
-    "vit_tiny": [dict(n_last_blocks=4, avgpool=False)],
-    "vit_small": [dict(n_last_blocks=4, avgpool=False)],
-    "vit_base": [dict(n_last_blocks=1, avgpool=True)],
-    "vit_large": [dict(n_last_blocks=1, avgpool=True)],
+    "vit_tiny": [dict(n_last_blocks=4, pooling="cls")],
+    "vit_small": [dict(n_last_blocks=4, pooling="cls")],
+    "vit_base": [dict(n_last_blocks=1, pooling="cls+avgpool")],
+    "vit_large": [dict(n_last_blocks=1, pooling="cls+avgpool")],
 }
