@@ -2,6 +2,9 @@
 """Collect transfer result JSONs into a leaderboard (Markdown, CSV, HTML, LaTeX).
 
     python tools/transfer_leaderboard.py work_dirs/transfer --out work_dirs/leaderboard --paper
+
+An unreadable (e.g. truncated) result file stops it with an error naming the file; --skip-invalid leaves such files
+out with a warning. A run whose metric is not an accuracy in [0, 100] shows as an "invalid" cell, never the best.
 """
 import sys
 from pathlib import Path

@@ -79,25 +79,38 @@ def build_parser(protocol: str) -> argparse.ArgumentParser:
 
 
 def config_from_args(protocol: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Options first, then ``--set`` on top."""
-    items = [f"{key}={getattr(args, opt)!r}" for opt, key in COMMON_OPTIONS.items() if getattr(args, opt) is not None]
-    overrides = parse_overrides(items)
-    extra: dict[str, Any] = {}
+    """Options first, then ``--set`` on top; every value is checked against the resolved default config (its key
+    must exist, its type must match) and the result by :func:`transfer.recipes.validate` — before anything runs."""
+    overrides: dict[str, Any] = {}
+    for opt, key in COMMON_OPTIONS.items():
+        if getattr(args, opt) is not None:
+            _deep_update(overrides, _nested(key, getattr(args, opt)))
     if args.trust_checkpoint:
-        extra.setdefault("model", {})["trust_checkpoint"] = True
+        overrides.setdefault("model", {})["trust_checkpoint"] = True
     if args.amp is not None:
-        extra["amp"] = args.amp
+        overrides["amp"] = args.amp
     if args.no_progress:
-        extra["progress"] = False
+        overrides["progress"] = False
     if getattr(args, "epochs", None) is not None:
-        extra["epochs"] = args.epochs
+        overrides["epochs"] = args.epochs
     if getattr(args, "lr", None) is not None:
-        extra.setdefault("optim", {})["lr"] = args.lr
+        overrides.setdefault("optim", {})["lr"] = args.lr
     if getattr(args, "layer_decay", None) is not None:
-        extra.setdefault("optim", {})["layer_decay"] = args.layer_decay
-    _deep_update(overrides, extra)
-    _deep_update(overrides, parse_overrides(args.set))
+        overrides.setdefault("optim", {})["layer_decay"] = args.layer_decay
+    reference = resolve(protocol, args.dataset)  # the defaults: what --set keys and value types are checked against
+    _deep_update(overrides, parse_overrides(args.set, reference))
     return resolve(protocol, args.dataset, overrides)
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    """``'model.arch', 'vit_base'`` -> ``{'model': {'arch': 'vit_base'}}``."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
 
 
 def _deep_update(base: dict[str, Any], delta: dict[str, Any]) -> None:

@@ -3,7 +3,10 @@
 Every reader returns a :class:`ClassificationDataset` yielding ``(image, label)`` (a PIL RGB image, or whatever
 ``transform`` makes of it) and exposing ``classes`` (names, index = label) and ``targets`` (one int per sample).
 A missing or malformed layout raises :class:`DatasetLayoutError`, whose message names the files that were looked
-for, the expected layout and where the data set is published.
+for, the expected layout and where the data set is published; a truncated or corrupt annotation / pickle file raises
+:class:`DatasetFileError` naming the file. Images are decoded by ``ibot.images.open_rgb`` (16-bit and float images
+scaled, not clipped); an unreadable image or a decompression bomb raises ``ibot.images.BadImageError`` naming the file
+and the sample. An ImageFolder class folder without images is an error (every class needs at least one image).
 
 =============  ======================================================================================
 name           layouts (``root`` may also be the one folder above the layout, as torchvision places it)
@@ -33,13 +36,17 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ibot.images import BadImageError, open_rgb
+
 __all__ = [
     "DATASETS",
     "ClassificationDataset",
+    "DatasetFileError",
     "DatasetLayoutError",
     "FileImages",
     "ArrayImages",
     "build_dataset",
+    "check_root",
     "read_cifar",
     "read_flowers102",
     "read_cars",
@@ -65,6 +72,10 @@ SOURCES = {
 
 class DatasetLayoutError(FileNotFoundError):
     """The data set is not where it was looked for, or not in the expected layout."""
+
+
+class DatasetFileError(ValueError):
+    """A file of the data set is there but truncated or corrupt; the message names it and how to replace it."""
 
 
 def _layout_error(name: str, root: Path, problem: str, layout: str) -> DatasetLayoutError:
@@ -98,7 +109,10 @@ class ClassificationDataset(Dataset):
 
 
 class FileImages(ClassificationDataset):
-    """Images stored as files: ``samples`` = [(path, label)], decoded with PIL and converted to RGB."""
+    """Images stored as files: ``samples`` = [(path, label)], decoded by ``ibot.images.open_rgb`` (8-bit RGB).
+
+    A missing file raises :class:`DatasetLayoutError`, an unreadable one ``ibot.images.BadImageError``; both name the
+    file and the sample index."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str],
                  transform: Callable | None = None) -> None:
@@ -110,10 +124,13 @@ class FileImages(ClassificationDataset):
     def load(self, index: int) -> Image.Image:
         path = self.samples[index][0]
         try:
-            with open(path, "rb") as fh:
-                return Image.open(fh).convert("RGB")
-        except FileNotFoundError as exc:
-            raise DatasetLayoutError(f"image listed by the annotations is missing: {path}") from exc
+            return open_rgb(path)
+        except BadImageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise DatasetLayoutError(f"image listed by the data set is missing: '{path}' (sample {index}); "
+                                         "restore it, or check the data root / layout") from exc
+            raise BadImageError(f"{exc} (sample {index} of {len(self)}); replace the file with a good copy, or "
+                                "remove it from the data set") from exc
 
 
 class ArrayImages(ClassificationDataset):
@@ -144,15 +161,41 @@ def _find_dir(root: Path, candidates: Sequence[str], marker: str) -> Path | None
     return None
 
 
+def _loadmat(path: Path, name: str, **kwargs: Any) -> dict[str, Any]:
+    """``scipy.io.loadmat`` with a truncated / foreign file named in the error."""
+    from scipy.io import loadmat
+
+    try:
+        return loadmat(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - scipy's parser fails on a cut file in many ways; re-raised naming it
+        raise DatasetFileError(f"{name}: '{path}' cannot be read as a MATLAB file ({type(exc).__name__}: {exc}); it is "
+                               f"truncated or not the published file: re-download it from {SOURCES[name]}") from exc
+
+
+def _load_json(path: Path, name: str) -> Any:
+    """A JSON annotation file, with a truncated one named in the error."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetFileError(f"{name}: '{path}' is not valid JSON ({exc}); it is truncated or corrupt: re-download "
+                               f"it from {SOURCES[name]}") from exc
+
+
 IMAGEFOLDER_LAYOUT = "    <root>/<split>/<class name>/<image>.{jpg,png,...}   (split = train | test | ...)"
 
 
 def read_imagefolder(root: str | os.PathLike, split: str, transform: Callable | None = None,
-                     name: str = "imagefolder", classes: Sequence[str] | None = None) -> FileImages:
+                     name: str = "imagefolder", classes: Sequence[str] | None = None,
+                     allow_empty_classes: bool = False) -> FileImages:
     """``<root>/<split>/<class>/*.<ext>``; classes sorted by folder name.
 
     The class list of ``<root>/train`` (when it exists) is used for every split, so a split missing a class
-    folder keeps the same label indices; ``classes`` overrides it.
+    folder keeps the same label indices; ``classes`` overrides it. Every class folder present must hold at least
+    one image (an empty one is a failed copy or extraction, and would silently add a class nothing is ever labelled
+    with): :class:`DatasetLayoutError` naming the folder, unless ``allow_empty_classes``.
     """
     root = Path(root)
     if classes is None and split != "train" and (root / "train").is_dir():
@@ -172,15 +215,25 @@ def read_imagefolder(root: str | os.PathLike, split: str, transform: Callable | 
     index = {c: i for i, c in enumerate(classes)}
     samples = []
     for c in found:
+        before = len(samples)
         for dirpath, _, files in sorted(os.walk(split_dir / c, followlinks=True)):
             samples += [(os.path.join(dirpath, f), index[c]) for f in sorted(files)
                         if f.lower().endswith(IMG_EXTENSIONS)]
+        if len(samples) == before and not allow_empty_classes:
+            exts = ", ".join(IMG_EXTENSIONS)
+            raise _layout_error(name, root, f"class folder '{split_dir / c}' has no images ({exts}); every class "
+                                "needs at least one image: put its images there, or delete the folder"
+                                + (" (that removes the class)" if split == "train" else ""), layout)
     if not samples:
         raise _layout_error(name, root, f"no images ({', '.join(IMG_EXTENSIONS)}) under '{split_dir}'", layout)
     return FileImages(samples, classes, transform)
 
 
 # ------------------------------------------------------------------------------------------------------------ CIFAR
+class _RefusedPickle(pickle.UnpicklingError):
+    """A CIFAR pickle that refers to something other than arrays and builtins (it could run code)."""
+
+
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles only what the CIFAR files hold (dicts, lists, strings, numpy arrays): a CIFAR pickle from an
     untrusted mirror cannot run code."""
@@ -192,15 +245,26 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"CIFAR pickle refers to {module}.{name}, which a CIFAR batch never holds")
+            raise _RefusedPickle(f"CIFAR pickle refers to {module}.{name}, which a CIFAR batch never holds")
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as fh:
-        obj = _ArrayUnpickler(fh, encoding="latin1").load()
+def _unpickle(path: Path, name: str) -> dict[str, Any]:
+    """One CIFAR pickle as a dict with str keys; a truncated or foreign file is an error naming it."""
+    fix = f"re-download and unpack {SOURCES[name]}, or check that --data-root points at the right folder"
+    try:
+        with open(path, "rb") as fh:
+            obj = _ArrayUnpickler(fh, encoding="latin1").load()
+    except _RefusedPickle as exc:  # keeps its type (an UnpicklingError), names the file
+        raise _RefusedPickle(f"'{path}': {exc}; {fix}") from exc
+    except pickle.UnpicklingError as exc:
+        raise DatasetFileError(f"{name}: '{path}' ({path.stat().st_size} bytes) is truncated or corrupt ({exc}); "
+                               f"{fix}") from exc
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as exc:
+        raise DatasetFileError(f"{name}: '{path}' ({path.stat().st_size} bytes) is truncated or not a CIFAR pickle "
+                               f"({type(exc).__name__}: {exc}); {fix}") from exc
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
+        raise DatasetFileError(f"{name}: '{path}' holds a {type(obj).__name__}, not the dict of a CIFAR pickle; {fix}")
     # Python-2 pickles give str keys with latin1 decoding; files re-pickled from bytes keys give bytes.
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
@@ -238,17 +302,34 @@ def read_cifar(root: str | os.PathLike, split: str, transform: Callable | None =
         raise _layout_error(name, root, f"found neither '{spec['folder']}/{spec['meta']}' nor '{split}/'",
                             _cifar_layout(name))
     images, labels = [], []
+    fix = f"re-download and unpack {SOURCES[name]}"
     for fname in spec[split]:
         path = folder / fname
         if not path.exists():
             raise _layout_error(name, root, f"batch file '{path}' is missing", _cifar_layout(name))
-        batch = _unpickle(path)
+        batch = _unpickle(path, name)
         if "data" not in batch or spec["label_key"] not in batch:
             raise _layout_error(name, root, f"'{path}' lacks 'data' / '{spec['label_key']}' "
                                 f"(keys: {sorted(batch)})", _cifar_layout(name))
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels += [int(t) for t in batch[spec["label_key"]]]
-    classes = [str(c) for c in _unpickle(folder / spec["meta"])[spec["names_key"]]]
+        data = np.asarray(batch["data"])
+        if (data.dtype.kind not in "ui" or data.ndim != 2 or data.shape[1] != 3 * 32 * 32
+                or (data.size and (data.min() < 0 or data.max() > 255))):
+            raise DatasetFileError(f"{name}: '{path}' key 'data' is {data.dtype} {data.shape}, not rows of 3072 "
+                                   f"values in 0..255 (32 x 32 x 3); {fix}")
+        batch_labels = [int(t) for t in batch[spec["label_key"]]]
+        if len(batch_labels) != len(data):
+            raise DatasetFileError(f"{name}: '{path}' has {len(data)} images but {len(batch_labels)} "
+                                   f"'{spec['label_key']}'; {fix}")
+        images.append(data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32))
+        labels += batch_labels
+    meta_path = folder / spec["meta"]
+    meta = _unpickle(meta_path, name)
+    if spec["names_key"] not in meta:
+        raise DatasetFileError(f"{name}: '{meta_path}' has no '{spec['names_key']}' (keys: {sorted(meta)}); {fix}")
+    classes = [str(c) for c in meta[spec["names_key"]]]
+    if labels and not 0 <= min(labels) <= max(labels) < len(classes):
+        raise DatasetFileError(f"{name}: the '{split}' labels run {min(labels)}..{max(labels)} but '{meta_path}' names "
+                               f"{len(classes)} classes; {fix}")
     # Stored channel-major (N, 3072) = R plane, G plane, B plane.
     return ArrayImages(np.concatenate(images).transpose(0, 2, 3, 1).copy(), labels, classes, transform)
 
@@ -264,16 +345,21 @@ FLOWERS_SPLITS = {"train": ("trnid", "valid"), "test": ("tstid",), "trnid": ("tr
 
 def read_flowers102(root: str | os.PathLike, split: str, transform: Callable | None = None) -> FileImages:
     """Oxford Flowers-102: ``train`` = trnid + valid (2,040 images, as iBOT), ``test`` = tstid (6,149)."""
-    from scipy.io import loadmat
-
     root = Path(root)
     base = _find_dir(root, ("", "flowers-102"), "imagelabels.mat")
     if base is None or not (base / "setid.mat").exists():
         raise _layout_error("flowers102", root, "imagelabels.mat / setid.mat not found", FLOWERS_LAYOUT)
     if split not in FLOWERS_SPLITS:
         raise ValueError(f"flowers102: split must be one of {sorted(FLOWERS_SPLITS)}, got {split!r}")
-    labels = np.asarray(loadmat(base / "imagelabels.mat")["labels"]).reshape(-1)
-    setid = loadmat(base / "setid.mat")
+    labels_mat = _loadmat(base / "imagelabels.mat", "flowers102")
+    setid = _loadmat(base / "setid.mat", "flowers102")
+    for path, mat, keys in ((base / "imagelabels.mat", labels_mat, ("labels",)),
+                            (base / "setid.mat", setid, FLOWERS_SPLITS[split])):
+        missing = [k for k in keys if k not in mat]
+        if missing:
+            raise DatasetFileError(f"flowers102: '{path}' has no {missing} entry; re-download it from "
+                                   f"{SOURCES['flowers102']}")
+    labels = np.asarray(labels_mat["labels"]).reshape(-1)
     ids = np.concatenate([np.asarray(setid[k]).reshape(-1) for k in FLOWERS_SPLITS[split]])
     if ids.min() < 1 or ids.max() > len(labels):
         raise _layout_error("flowers102", root, f"setid.mat ids outside 1..{len(labels)}", FLOWERS_LAYOUT)
@@ -305,8 +391,6 @@ def _names(values: Any) -> list[str]:
 def read_cars(root: str | os.PathLike, split: str, transform: Callable | None = None,
               layout: str = "auto") -> FileImages:
     """Stanford Cars (196 classes; 8,144 train / 8,041 test) from devkit annotations or an ImageFolder."""
-    from scipy.io import loadmat
-
     if split not in ("train", "test"):
         raise ValueError(f"cars: split must be 'train' or 'test', got {split!r}")
     root = Path(root)
@@ -323,16 +407,17 @@ def read_cars(root: str | os.PathLike, split: str, transform: Callable | None = 
         ann = devkit_base / "devkit" / ann_name
         if not ann.exists():
             raise _layout_error("cars", root, f"'{ann}' is missing", CARS_LAYOUT)
-        recs = _struct_records(loadmat(ann, squeeze_me=True), "annotations", ann)
+        recs = _struct_records(_loadmat(ann, "cars", squeeze_me=True), "annotations", ann)
         img_dir = devkit_base / f"cars_{split}"
         samples = [(str(img_dir / str(r["fname"])), int(r["class"]) - 1) for r in recs]
         meta = devkit_base / "devkit" / "cars_meta.mat"
         num = max(t for _, t in samples) + 1
-        classes = (_names(loadmat(meta, squeeze_me=True)["class_names"]) if meta.exists()
+        classes = (_names(_struct_records(_loadmat(meta, "cars", squeeze_me=True), "class_names", meta))
+                   if meta.exists()
                    else [str(i + 1) for i in range(num)])
     elif layout == "annos" and annos_base is not None:
         ann = annos_base / "cars_annos.mat"
-        mat = loadmat(ann, squeeze_me=True)
+        mat = _loadmat(ann, "cars", squeeze_me=True)
         recs = _struct_records(mat, "annotations", ann)
         want = 1 if split == "test" else 0
         samples = [(str(annos_base / str(r["relative_im_path"])), int(r["class"]) - 1)
@@ -360,8 +445,10 @@ def _read_json(path: Path, year: int) -> dict:
     name = f"inat{year}"
     if not path.exists():
         raise _layout_error(name, path.parent, f"annotation file '{path}' is missing", _inat_layout(year))
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
+    data = _load_json(path, name)
+    if not isinstance(data, dict):
+        raise DatasetFileError(f"{name}: '{path}' holds a JSON {type(data).__name__}, not the COCO-style dict of "
+                               f"the release; re-download it from {SOURCES[name]}")
     for key in ("images", "annotations"):
         if key not in data:
             raise _layout_error(name, path.parent, f"'{path}' has no '{key}' list (the test json is unlabeled and "
@@ -387,8 +474,8 @@ def read_inat(root: str | os.PathLike, split: str, transform: Callable | None = 
     label_of = {cid: i for i, cid in enumerate(ids)}
     names_by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in cats}
     if (root / "categories.json").exists():
-        with open(root / "categories.json", encoding="utf-8") as fh:
-            names_by_id.update({int(c["id"]): str(c.get("name", c["id"])) for c in json.load(fh)})
+        names_by_id.update({int(c["id"]): str(c.get("name", c["id"]))
+                            for c in _load_json(root / "categories.json", f"inat{year}")})
     files = {int(im["id"]): im["file_name"] for im in data["images"]}
     samples = []
     for a in data["annotations"]:
@@ -416,13 +503,22 @@ DATASETS: dict[str, Callable[..., ClassificationDataset]] = {
 }
 
 
+def check_root(name: str, root: str | os.PathLike | None) -> Path:
+    """The data root of data set ``name`` as a path; raises if it is unset or does not exist (config key
+    ``data.root``, option ``--data-root``)."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r} (config key 'data.name'); choose from {sorted(DATASETS)}")
+    if root is None:
+        raise ValueError(f"{name}: no data root given (config key 'data.root': pass --data-root); expected under it: "
+                         f"{SOURCES[name]}")
+    if not Path(root).exists():
+        raise DatasetLayoutError(f"{name}: data root '{root}' does not exist; get the data from {SOURCES[name]}, or "
+                                 "fix --data-root (config key 'data.root')")
+    return Path(root)
+
+
 def build_dataset(name: str, root: str | os.PathLike | None, split: str, transform: Callable | None = None,
                   layout: str = "auto") -> ClassificationDataset:
     """Reader dispatch: ``build_dataset('cifar10', '/data/cifar', 'train', tf)``; see the module table."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATASETS)}")
-    if root is None:
-        raise ValueError(f"{name}: no data root given (--data-root); expected under it: {SOURCES[name]}")
-    if not Path(root).exists():
-        raise DatasetLayoutError(f"{name}: data root '{root}' does not exist; get the data from {SOURCES[name]}")
+    check_root(name, root)
     return DATASETS[name](root, split, transform, layout)

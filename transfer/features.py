@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ibot.checkpoint import load_file, save_file
+from ibot.checkpoint import CorruptCheckpointError, load_file, save_file
 from ibot.distributed import gather_rows
 from ibot.features import FeatureSpec, spec_features
 from ibot.vit import iBOTViT
@@ -71,13 +71,17 @@ def cached_features(cache_dir: str | os.PathLike | None, key: str, compute: Feat
     """``compute()`` -> (features, labels), or the copy stored under ``cache_dir/<key>.pth``.
 
     Returns (features, labels, loaded_from_cache). Only the main process writes (atomically); every process
-    computes when the file is absent, because extraction is a collective.
+    computes when the file is absent, because extraction is a collective. A cache file that cannot be read (truncated
+    by a copy) is recomputed and replaced, with a warning naming it.
     """
     path = Path(cache_dir) / f"{key}.pth" if cache_dir is not None else None
     if path is not None and path.exists():
-        blob = load_file(path)
-        log.info("features loaded from cache '%s'", path)
-        return list(blob["features"]), blob["labels"], True
+        try:
+            blob = load_file(path)
+            log.info("features loaded from cache '%s'", path)
+            return list(blob["features"]), blob["labels"], True
+        except (CorruptCheckpointError, KeyError, TypeError) as exc:
+            log.warning("feature cache '%s' is unreadable (%s): recomputing and replacing it", path, exc)
     feats, labels = compute()
     if path is not None and is_main:
         save_file({"features": feats, "labels": labels}, path)

@@ -18,6 +18,7 @@ from transfer.backbone import BackboneInfo
 from transfer.datasets import ClassificationDataset
 from transfer.features import cache_key, cached_features, extract_features
 from transfer.loaders import eval_loader
+from transfer.recipes import ConfigValueError
 from transfer.session import Session
 from transfer.transforms import eval_transform
 
@@ -103,16 +104,19 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     ``metrics`` holds ``top1@k=<k>`` / ``top5@k=<k>``, ``feature`` (the feature spec as a dict,
     ``ibot.features.FeatureSpec.to_dict``) and ``features_from_cache`` ({split: bool}).
     """
-    ks, report_k = sorted(int(k) for k in cfg["ks"]), int(cfg["report_k"])
-    if report_k not in ks:
-        raise ValueError(f"report_k={report_k} is not among ks={ks}")
+    session = Session(cfg)  # checks the config (report_k among ks, the feature spec, ...) before anything is written
+    report_k = int(cfg["report_k"])
     spec = FeatureSpec.from_dict(cfg["feature"])
-    with Session(cfg) as s:
+    with session as s:
         model, info = s.backbone(drop_path_rate=0.0)
         spec.check(len(model.blocks))
         tf = eval_transform(cfg["model"]["img_size"])
         train_set, test_set = s.dataset(cfg["data"]["train_split"], tf), s.dataset(cfg["data"]["test_split"], tf)
         num_classes = s.num_classes(train_set)
+        if max(cfg["ks"]) > len(train_set):
+            raise ConfigValueError(f"config key 'ks' = {cfg['ks']} is invalid for this data: k = {max(cfg['ks'])} "
+                                   f"exceeds the {len(train_set)} images of the '{cfg['data']['train_split']}' split "
+                                   f"under '{cfg['data']['root']}'; pass --set ks=[...] with smaller values")
         train_x, train_y, train_hit = _split_features(s, info, model, spec, "train", train_set)
         test_x, test_y, test_hit = _split_features(s, info, model, spec, "test", test_set)
         metrics: dict[str, Any] = _knn_metrics(cfg, train_x, train_y, test_x, test_y, num_classes, s.device)

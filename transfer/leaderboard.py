@@ -5,6 +5,12 @@ columns. A cell is the mean ± sample standard deviation over seeds (the seed co
 cell is "–"; the best value of each column is bold (Markdown ``**``, HTML ``<b>``, LaTeX ``\\textbf``, CSV a
 ``_best`` flag). The mean column is only filled for rows with every column present (a partial mean would not
 compare). With ``references=True`` the paper's rows (``transfer.references``) join, marked † and cited.
+
+Bad input: a result file that cannot be read (truncated, not JSON, a required field missing or mistyped) stops the
+tool with an error naming the file (``--skip-invalid``: a warning naming it, and the file is left out of the table
+and of the count). A readable record whose metric is not a result (a failed run, ``null`` / NaN, outside [0, 100]:
+:func:`transfer.results.metric_problem`) makes its cell "invalid", with a warning naming the file: an invalid cell
+holds no number, is never marked best and leaves its row without a mean.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ from typing import Any
 from ibot.atomic import atomic_write_text
 from ibot.report import Page, Strong
 from transfer.references import REFERENCE_ROWS
-from transfer.results import SCHEMA, find_result_files, load_result
+from transfer.results import SCHEMA, ResultFormatError, find_result_files, load_result, metric_problem
 
 __all__ = ["Cell", "Row", "Table", "build_table", "to_markdown", "to_csv", "to_html", "to_latex", "FORMATS", "main"]
 
@@ -34,14 +40,22 @@ DATASET_LABELS = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "flowers102": 
 PROTOCOL_LABELS = {"knn": "k-NN", "linear": "linear", "finetune": "fine-tune"}
 PROTOCOL_ORDER = ("knn", "linear", "finetune")
 MISSING = "–"
+INVALID = "invalid"
 DAGGER = "†"
 
 
 @dataclass
 class Cell:
-    """One table cell: the headline value of every seed run."""
+    """One table cell: the headline value of every seed run; ``invalid``: why runs of this cell gave no result
+    (any one makes the whole cell invalid: a mean over the remaining seeds would hide the failure)."""
 
     values: list[float]
+    invalid: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        """Whether the cell holds a result: at least one value and no invalid run."""
+        return bool(self.values) and not self.invalid
 
     @property
     def n(self) -> int:
@@ -70,8 +84,8 @@ class Row:
     reference: str | None = None  # citation for published rows
 
     def mean(self, columns: Sequence[Column]) -> float | None:
-        """Mean of the cell means over ``columns``; ``None`` unless every column is present."""
-        if not columns or any(c not in self.cells for c in columns):
+        """Mean of the cell means over ``columns``; ``None`` unless every column is present and valid."""
+        if not columns or any(c not in self.cells or not self.cells[c].valid for c in columns):
             return None
         return statistics.fmean(self.cells[c].mean for c in columns)
 
@@ -85,10 +99,10 @@ class Table:
     metric_names: dict[Column, list[str]]
 
     def best(self) -> dict[Column | str, float]:
-        """Highest value per column (and 'mean'), over every row that has one."""
+        """Highest value per column (and 'mean'), over every row with a valid cell there."""
         out: dict[Column | str, float] = {}
         for c in self.columns:
-            vals = [r.cells[c].mean for r in self.rows if c in r.cells]
+            vals = [r.cells[c].mean for r in self.rows if c in r.cells and r.cells[c].valid]
             if vals:
                 out[c] = max(vals)
         means = [m for r in self.rows if (m := r.mean(self.columns)) is not None]
@@ -110,8 +124,9 @@ def build_table(records: Iterable[dict[str, Any]], references: bool = False,
     """Group result records into a table.
 
     Records of the same model, column and seed are duplicates: the one finished last is kept (with a warning).
-    ``columns`` fixes the columns and their order; by default every measured (data set, protocol), or the
-    reference rows' columns when there are no records.
+    A record whose metric is not a result (:func:`transfer.results.metric_problem`) makes its cell invalid, with a
+    warning naming its file (``rec['path']`` when the record has one). ``columns`` fixes the columns and their
+    order; by default every measured (data set, protocol), or the reference rows' columns when there are no records.
     """
     by_key: dict[tuple[str, Column, int], dict[str, Any]] = {}
     for rec in records:
@@ -124,12 +139,20 @@ def build_table(records: Iterable[dict[str, Any]], references: bool = False,
         by_key[key] = rec
     rows: dict[str, Row] = {}
     metric_names: dict[Column, list[str]] = {}
-    for (name, col, _seed), rec in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][2])):
+    for (name, col, seed), rec in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][2])):
         m = rec["model"]
         row = rows.setdefault(name, Row(name, m.get("params"), m.get("pretrain_data") or "unknown"))
         if m.get("params") is not None and row.params is not None and m["params"] != row.params:
             log.warning("model %r: results disagree on the parameter count (%s vs %s)", name, row.params, m["params"])
-        row.cells.setdefault(col, Cell([])).values.append(float(rec["metric"]["value"]))
+        cell = row.cells.setdefault(col, Cell([]))
+        problem = metric_problem(rec)
+        if problem is None:
+            cell.values.append(float(rec["metric"]["value"]))
+        else:
+            where = f"'{rec['path']}'" if rec.get("path") else f"the record of model {name!r}, column {col}"
+            log.warning("%s (seed %d): %s; its cell is shown as %s (re-run that run, or move the file away)", where,
+                        seed, problem, INVALID)
+            cell.invalid.append(f"{where}: {problem}")
         names = metric_names.setdefault(col, [])
         if rec["metric"]["name"] not in names:
             names.append(rec["metric"]["name"])
@@ -185,6 +208,9 @@ def _notes(table: Table) -> list[str]:
     """The lines under the table: how to read it, non-top-1 metrics, citations."""
     notes = ["Cells: top-1 (%); with several seeds mean ± sample std (seed count); – = not run; best per column in "
              "bold; Mean only for rows with every column."]
+    if any(not cell.valid for r in table.rows for c, cell in r.cells.items() if c in table.columns):
+        notes.append(f"{INVALID} = a run of this cell gave no valid accuracy (failed, or not in [0, 100]); the "
+                     "leaderboard's warnings name its file.")
     special = {f"{column_label(c)}: {', '.join(n)}" for c, n in table.metric_names.items() if n != ["top1"]}
     if special:
         notes.append("Metrics: " + "; ".join(sorted(special)) + ".")
@@ -200,7 +226,7 @@ def _cells(table: Table, row: Row, digits: int, pm: str) -> list[tuple[str, bool
     out = []
     for c in table.columns:
         cell = row.cells.get(c)
-        out.append((MISSING, False) if cell is None else
+        out.append((MISSING, False) if cell is None else (INVALID, False) if not cell.valid else
                    (_number(cell, digits, pm), _is_best(cell.mean, best.get(c), digits)))
     mean = row.mean(table.columns)
     out.append((MISSING, False) if mean is None else (f"{mean:.{digits}f}", _is_best(mean, best.get("mean"), digits)))
@@ -219,12 +245,13 @@ def to_markdown(table: Table, digits: int = 1) -> str:
 
 
 def to_csv(table: Table, digits: int = 4) -> str:
-    """One CSV row per model: per column its mean, std, seed count and a 0/1 best flag, then the mean."""
+    """One CSV row per model: per column its mean, std, seed count, a 0/1 best flag and the count of invalid runs
+    (an invalid cell has an empty mean), then the mean."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     cols = [f"{ds}/{proto}" for ds, proto in table.columns]
     w.writerow(["model", "params", "pretrain_data", "reference",
-                *[f"{c}{s}" for c in cols for s in ("", "_std", "_seeds", "_best")], "mean", "mean_best"])
+                *[f"{c}{s}" for c in cols for s in ("", "_std", "_seeds", "_best", "_invalid")], "mean", "mean_best"])
     best = table.best()
     for row in table.rows:
         out: list[Any] = [row.name, row.params if row.params is not None else "", row.pretrain_data,
@@ -232,10 +259,12 @@ def to_csv(table: Table, digits: int = 4) -> str:
         for c in table.columns:
             cell = row.cells.get(c)
             if cell is None:
-                out += ["", "", 0, 0]
+                out += ["", "", 0, 0, 0]
+            elif not cell.valid:
+                out += ["", "", cell.n, 0, len(cell.invalid)]
             else:
                 out += [round(cell.mean, digits), "" if cell.std is None else round(cell.std, digits), cell.n,
-                        int(_is_best(cell.mean, best.get(c), digits))]
+                        int(_is_best(cell.mean, best.get(c), digits)), 0]
         mean = row.mean(table.columns)
         out += ["" if mean is None else round(mean, digits), int(_is_best(mean, best.get("mean"), digits))]
         w.writerow(out)
@@ -324,12 +353,30 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
     p.add_argument("--paper", action="store_true", help="add the iBOT paper's rows (cited)")
     p.add_argument("--columns", nargs="+", type=_parse_column, help="fix columns, e.g. cifar10/finetune cars/knn")
     p.add_argument("--digits", type=int, default=1, help="decimals in md/html/tex (csv keeps 4)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="leave unreadable result files (truncated, wrong fields) out of the table with a warning "
+                        "naming each, instead of stopping with an error")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    files = find_result_files(args.results)
-    if not files:
-        raise SystemExit(f"no transfer result files (schema {SCHEMA}) under {args.results}")
-    table = build_table([load_result(f) for f in files], references=args.paper, columns=args.columns)
+    broken: list[Path] = []
+    files = find_result_files(args.results, broken=broken if args.skip_invalid else None)
+    records, skipped = [], [(f, "not valid JSON (truncated?)") for f in broken]
+    for f in files:
+        try:
+            rec = load_result(f)
+        except ResultFormatError as exc:
+            if not args.skip_invalid:
+                raise ResultFormatError(f"{exc}; or pass --skip-invalid to leave it out of the table") from exc
+            skipped.append((f, str(exc)))
+            continue
+        rec.setdefault("path", str(f))
+        records.append(rec)
+    for f, why in skipped:
+        log.warning("skipped result file '%s' (--skip-invalid; not counted): %s", f, why)
+    if not records:
+        raise SystemExit(f"no readable transfer result files (schema {SCHEMA}) under {args.results}"
+                         + (f" ({len(skipped)} skipped as unreadable)" if skipped else ""))
+    table = build_table(records, references=args.paper, columns=args.columns)
     out = {fmt: (FORMATS[fmt](table) if fmt == "csv" else FORMATS[fmt](table, args.digits)) for fmt in args.formats}
     if args.out:
         for fmt, text in out.items():
@@ -338,5 +385,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, str]:
             log.info("wrote %s", path)
     else:
         print(out.get("md") or next(iter(out.values())))
-    log.info("%d result files, %d rows, %d columns", len(files), len(table.rows), len(table.columns))
+    log.info("%d result files, %d rows, %d columns%s", len(records), len(table.rows), len(table.columns),
+             f"; {len(skipped)} unreadable files skipped" if skipped else "")
     return out

@@ -61,7 +61,7 @@ def train_loader(dataset: Dataset, batch_size: int, env: DistEnv, *, seed: int, 
     per_process = len(sampler)  # type: ignore[arg-type]
     if drop_last and per_process < batch_size:
         raise ValueError(f"the training set gives {per_process} samples per process ({n} in all), fewer than one "
-                         f"batch of {batch_size}: lower the batch size")
+                         f"batch of {batch_size} (config key 'batch_size'): lower it with --batch-size")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, pin_memory=pin_memory, persistent_workers=False)
 

@@ -1,16 +1,22 @@
 """Resolve a run's configuration: protocol defaults → data-set recipe → per-arch recipe → ``key=value`` overrides.
 
 The data lives in ``transfer/configs/`` (``defaults.py`` and one file per data set). Every override must name an
-existing key (``optim.lr=1e-5``; a typo raises with the valid keys listed), and the resolved config is plain
-JSON (lists, not tuples) so it can be stored in checkpoints and result files and compared on resume.
+existing key (``optim.lr=1e-5``; a typo raises with the valid keys listed and the nearest key suggested) and have
+the type of that key's default (int / float / bool / str / list, ``None`` where :data:`VALUE_KINDS` allows it; an
+int is accepted for a float). The resolved config is then checked value by value (:func:`validate`: ``epochs >= 1``,
+positive learning rates, ...) before any run starts, and is plain JSON (lists, not tuples) so it can be stored in
+checkpoints and result files and compared on resume. Errors are :class:`ConfigKeyError` (unknown key) and
+:class:`ConfigValueError` (wrong type or value); both name the key and the value.
 """
 from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import importlib
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -18,27 +24,148 @@ from ibot.features import FeatureSpec
 from transfer.backbone import recipe_arch
 from transfer.configs import defaults
 
-__all__ = ["PROTOCOLS", "DATASET_NAMES", "ConfigKeyError", "resolve", "parse_overrides", "merge"]
+__all__ = ["PROTOCOLS", "DATASET_NAMES", "VALUE_KINDS", "ConfigKeyError", "ConfigValueError", "resolve",
+           "parse_overrides", "merge", "check_value", "suggest_keys", "validate"]
 
 PROTOCOLS = ("finetune", "knn", "linear")
 DATASET_NAMES = ("cifar10", "cifar100", "flowers102", "cars", "inat2018", "inat2019", "imagefolder")
 
 
 class ConfigKeyError(KeyError):
-    """An override names a key the config does not have (the message lists the valid ones)."""
+    """An override names a key the config does not have (the message lists the valid ones and the nearest)."""
 
     __str__ = BaseException.__str__  # KeyError would print the message in quotes, escaped
 
 
-def merge(base: dict[str, Any], delta: Mapping[str, Any], where: str = "") -> dict[str, Any]:
-    """Recursive update of ``base`` by ``delta`` (in place); keys of ``delta`` must exist in ``base``."""
+class ConfigValueError(ValueError):
+    """A config value of the wrong type or out of range; the message names the key, the value and the fix."""
+
+
+#: Keys whose value may take kinds other than their default's (``"none"`` = may be ``None``): every key whose
+#: default is ``None`` is listed with the kind it takes when set. Other keys take their default's kind.
+VALUE_KINDS: dict[str, tuple[str, ...]] = {
+    "amp": ("bool", "none"), "output_dir": ("str", "none"),
+    "data.name": ("str",), "data.root": ("str", "none"), "data.num_classes": ("int", "none"),
+    "data.tag": ("str", "none"),
+    "model.arch": ("str", "none"), "model.patch_size": ("int", "none"), "model.embed_dim": ("int", "none"),
+    "model.depth": ("int", "none"), "model.num_heads": ("int", "none"), "model.pretrained": ("str", "none"),
+    "model.checkpoint_key": ("str", "none"), "model.name": ("str", "none"), "model.pretrain_data": ("str", "none"),
+    "optim.layer_decay": ("float", "none"), "optim.clip_grad": ("float", "none"),
+    "aug.auto_augment": ("str", "none"),  # None = no RandAugment
+    "features": ("str", "list"),  # 'auto' or a list of feature-spec dicts
+}
+#: Element kind of list-valued keys whose default does not show it.
+ELEMENT_KINDS = {"features": "dict"}
+
+_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+               "list": "a list", "dict": "a dict", "none": "None"}
+
+
+def _kind(value: Any) -> str:
+    """``'bool' | 'int' | 'float' | 'str' | 'none' | 'list' | 'dict'`` (or the type name of anything else)."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, Mapping):
+        return "dict"
+    return type(value).__name__
+
+
+def _kinds(key: str, default: Any) -> tuple[str, ...]:
+    """The kinds ``key`` accepts: :data:`VALUE_KINDS`, else its default's (``None`` default: any)."""
+    if key in VALUE_KINDS:
+        return VALUE_KINDS[key]
+    kind = _kind(default)
+    return () if kind == "none" else (kind,)
+
+
+def _element_kind(key: str, default: Any) -> str | None:
+    """The kind of each element of a list-valued key (from :data:`ELEMENT_KINDS` or the default's elements)."""
+    if key in ELEMENT_KINDS:
+        return ELEMENT_KINDS[key]
+    if isinstance(default, (list, tuple)) and default:
+        kinds = {_kind(v) for v in default}
+        return "float" if kinds == {"int", "float"} else kinds.pop() if len(kinds) == 1 else None
+    return None
+
+
+def _describe(kinds: Iterable[str]) -> str:
+    return " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
+
+
+def check_value(key: str, value: Any, default: Any) -> Any:
+    """``value`` for config ``key`` checked against the kinds the key takes (see :data:`VALUE_KINDS`); an int for a
+    float key becomes a float, a tuple a list. Raises :class:`ConfigValueError` naming the key."""
+    kinds = _kinds(key, default)
+    kind = _kind(value)
+    if not kinds:  # a None default with no declared kind: anything JSON-like
+        return value
+    if kind == "int" and "float" in kinds and "int" not in kinds:
+        return float(value)
+    if kind == "list" and "list" in kinds:
+        elem = _element_kind(key, default)
+        if elem is None:
+            return list(value)
+        return [check_value(f"{key}[{i}]", v, _EXAMPLES[elem]) for i, v in enumerate(value)]
+    if kind in kinds:
+        return value
+    example = f"{key}={default!r}" if default is not None else f"{key}=<{_describe(kinds)}>"
+    got = _KIND_NAMES.get(kind, kind)
+    raise ConfigValueError(f"config key '{key}' must be {_describe(kinds)}, got {value!r} ({got}); "
+                           f"e.g. --set {example}")
+
+
+#: A default of each element kind (what :func:`check_value` compares list elements against).
+_EXAMPLES: dict[str, Any] = {"int": 0, "float": 0.0, "bool": False, "str": "", "dict": {}, "list": []}
+
+
+def _flat_keys(cfg: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key of the values of a nested config (sections are not listed, their keys are)."""
+    out: list[str] = []
+    for k, v in cfg.items():
+        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [f"{prefix}{k}"]
+    return out
+
+
+def suggest_keys(key: str, known: Iterable[str]) -> list[str]:
+    """Up to three known keys nearest to ``key`` (whole dotted key, then last component: ``lr`` -> ``optim.lr``)."""
+    known = list(known)
+    out = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    leaf = key.rsplit(".", 1)[-1]
+    leaves = difflib.get_close_matches(leaf, sorted({k.rsplit(".", 1)[-1] for k in known}), n=3, cutoff=0.75)
+    for name in leaves:
+        out += [k for k in known if k.rsplit(".", 1)[-1] == name and k not in out]
+    return out[:3]
+
+
+def merge(base: dict[str, Any], delta: Mapping[str, Any], where: str = "",
+          known: Iterable[str] | None = None) -> dict[str, Any]:
+    """Recursive update of ``base`` by ``delta`` (in place); keys of ``delta`` must exist in ``base`` and values must
+    have their kind (:func:`check_value`). ``known``: every key of the whole config, for "did you mean" hints."""
+    known = list(known) if known is not None else [f"{where}{k}" for k in _flat_keys(base)]
     for key, value in delta.items():
+        full = f"{where}{key}"
         if key not in base:
-            raise ConfigKeyError(f"unknown config key '{where}{key}'; valid keys here: {sorted(base)}")
-        if isinstance(base[key], dict) and isinstance(value, Mapping):
-            merge(base[key], value, f"{where}{key}.")
+            near = suggest_keys(full, known)
+            hint = f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
+            raise ConfigKeyError(f"unknown config key '{full}'; valid keys here: {sorted(base)}{hint} "
+                                 "(--print-config shows every key)")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise ConfigValueError(f"config key '{full}' is a section, not a value (got {value!r}): set its keys, "
+                                       f"e.g. --set {full}.{next(iter(base[key]), 'key')}=...")
+            merge(base[key], value, f"{full}.", known)
         else:
-            base[key] = copy.deepcopy(value)
+            base[key] = copy.deepcopy(check_value(full, value, base[key]))
     return base
 
 
@@ -55,18 +182,45 @@ def _parse_value(text: str) -> Any:
         return text  # paths and names stay strings
 
 
-def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """``['optim.lr=1e-5', 'model.name=ibot']`` -> nested dict ``{'optim': {'lr': 1e-5}, 'model': {...}}``."""
+def _lookup(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+    """(found, value) of a dotted key in a nested config."""
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def parse_overrides(items: Iterable[str], reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``['optim.lr=1e-5', 'model.name=ibot']`` -> nested dict ``{'optim': {'lr': 1e-5}, 'model': {...}}``.
+
+    Values are Python literals (``true`` / ``none`` in any case), else text. With ``reference`` (the resolved
+    default config), a key that takes text keeps the text as written (``model.name=007``, ``data.tag=2018``);
+    :func:`resolve` then checks every value's kind against the config.
+    """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-5)")
-        key, value = item.split("=", 1)
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise ValueError(f"override {item!r} has no valid key before '=' (e.g. optim.lr=1e-5)")
+        value = _parse_value(text)
+        if reference is not None:
+            found, default = _lookup(reference, key)
+            kinds = _kinds(key, default) if found and not isinstance(default, Mapping) else ()
+            if "str" in kinds and _kind(value) not in kinds:
+                value = text.strip()
         node = out
-        parts = key.strip().split(".")
+        parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = _parse_value(value)
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} sets a key below '{part}', which an earlier override set to a "
+                                 "value")
+        node[parts[-1]] = value
     return out
 
 
@@ -88,16 +242,32 @@ def resolve(protocol: str, dataset: str, overrides: Mapping[str, Any] | None = N
     module = _dataset_module(dataset)
     merge(cfg["data"], module.DATA, "data.")
     # The per-arch recipe follows the backbone actually evaluated: --arch, else the checkpoint's description.
-    arch = recipe_arch(merge(copy.deepcopy(cfg["model"]), overrides.get("model", {}), "model."))
+    model_overrides = overrides.get("model", {})  # not a dict: the full merge below names the error
+    arch = recipe_arch(merge(copy.deepcopy(cfg["model"]),
+                             model_overrides if isinstance(model_overrides, Mapping) else {}, "model."))
     if protocol == "finetune":
         merge(cfg, module.FINETUNE)
         merge(cfg, module.FINETUNE_BY_ARCH.get(arch, {}))
-    merge(cfg, overrides)
+    merge(cfg, overrides, known=_flat_keys(cfg))
     if protocol == "linear":
         cfg["features"] = _linear_features(cfg["features"], arch)
     if protocol == "knn":
-        cfg["feature"] = FeatureSpec.from_dict(cfg["feature"]).to_dict()
-    return json.loads(json.dumps(cfg))
+        cfg["feature"] = _feature_spec("feature", cfg["feature"]).to_dict()
+    cfg = json.loads(json.dumps(cfg))
+    validate(cfg)
+    return cfg
+
+
+def _feature_spec(key: str, d: Any) -> FeatureSpec:
+    """``FeatureSpec.from_dict(d)`` with errors naming the config key."""
+    if not isinstance(d, Mapping):
+        raise ConfigValueError(f"config key '{key}' must be a feature spec dict like "
+                               f"{{'n_last_blocks': 1, 'pooling': 'cls'}}, got {d!r}")
+    try:
+        return FeatureSpec.from_dict(d)
+    except (KeyError, ValueError, TypeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise ConfigValueError(f"config key '{key}' = {dict(d)!r}: {msg}") from exc
 
 
 def _linear_features(features: str | list[Mapping[str, Any]], arch: str | None) -> list[dict[str, Any]]:
@@ -105,8 +275,119 @@ def _linear_features(features: str | list[Mapping[str, Any]], arch: str | None) 
     ``'auto'``: the preset of ``arch``."""
     if features == "auto":
         if arch not in defaults.LINEAR_FEATURES_BY_ARCH:
-            raise ValueError(f"no linear feature preset for arch {arch!r}: set features=[...]")
+            presets = sorted(defaults.LINEAR_FEATURES_BY_ARCH)
+            raise ConfigValueError(f"config key 'features' = 'auto': no linear feature preset for arch {arch!r} "
+                                   f"(presets: {presets}); pass --arch or "
+                                   "--set features=[{'n_last_blocks':4,'pooling':'cls'}]")
         features = defaults.LINEAR_FEATURES_BY_ARCH[arch]
     if isinstance(features, str) or not features:
-        raise ValueError(f"features must be 'auto' or a non-empty list of feature specs, got {features!r}")
-    return [FeatureSpec.from_dict(d).to_dict() for d in features]
+        raise ConfigValueError(f"config key 'features' must be 'auto' or a non-empty list of feature specs like "
+                               f"[{{'n_last_blocks': 4, 'pooling': 'cls'}}], got {features!r}")
+    return [_feature_spec(f"features[{i}]", d).to_dict() for i, d in enumerate(features)]
+
+
+# ------------------------------------------------------------------------------------------------------ validation
+#: Command-line options of config keys (named in error messages next to ``--set``).
+OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "optim.lr": "--lr", "optim.layer_decay": "--layer-decay",
+           "seed": "--seed", "num_workers": "--num-workers", "model.img_size": "--img-size",
+           "model.patch_size": "--patch-size", "model.num_heads": "--num-heads"}
+
+
+def _finite(v: Any) -> bool:
+    return _kind(v) in ("int", "float") and math.isfinite(v)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _kind(v) == "int" and v >= low), f"an integer >= {low}"
+
+
+_POSITIVE = (lambda v: _finite(v) and v > 0), "a finite number > 0"
+_NON_NEGATIVE = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
+_PROBABILITY = (lambda v: _finite(v) and 0 <= v <= 1), "a number in [0, 1]"
+_UNIT_OPEN = (lambda v: _finite(v) and 0 <= v < 1), "a number in [0, 1)"
+
+
+def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
+    check, text = rule
+    return (lambda v: v is None or check(v)), f"None or {text}"
+
+
+def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {list(choices)}"
+
+
+_INT_LIST = (lambda v: isinstance(v, list) and len(v) > 0 and all(_kind(k) == "int" and k >= 1 for k in v),
+             "a non-empty list of integers >= 1")
+_LR_LIST = (lambda v: isinstance(v, list) and len(v) > 0 and all(_finite(x) and x > 0 for x in v),
+            "a non-empty list of finite learning rates > 0")
+_BETAS = (lambda v: isinstance(v, list) and len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v),
+          "two numbers in [0, 1)")
+
+#: Per protocol: config key -> (check, what a valid value is). Keys of every protocol under ``"common"``.
+RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "common": {
+        "seed": _int_at_least(0), "num_workers": _int_at_least(0), "batch_size": _int_at_least(1),
+        "model.img_size": _int_at_least(1), "model.patch_size": _optional(_int_at_least(1)),
+        "model.embed_dim": _optional(_int_at_least(1)), "model.depth": _optional(_int_at_least(1)),
+        "model.num_heads": _optional(_int_at_least(1)), "data.num_classes": _optional(_int_at_least(1)),
+    },
+    "knn": {"ks": _INT_LIST, "temperature": _POSITIVE},
+    "linear": {
+        "epochs": _int_at_least(1), "lrs": _LR_LIST, "lr_batch_ref": _POSITIVE, "momentum": _UNIT_OPEN,
+        "weight_decay": _NON_NEGATIVE, "eval_every": _int_at_least(1),
+    },
+    "finetune": {
+        "epochs": _int_at_least(1), "drop_path_rate": _UNIT_OPEN, "optim.lr": _POSITIVE,
+        "optim.lr_batch_ref": _POSITIVE, "optim.weight_decay": _NON_NEGATIVE, "optim.betas": _BETAS,
+        "optim.eps": _POSITIVE,
+        "optim.layer_decay": ((lambda v: v is None or (_finite(v) and 0 < v <= 1)), "None or a number in (0, 1]"),
+        "optim.clip_grad": _optional(_POSITIVE), "sched.warmup_epochs": _int_at_least(0),
+        "sched.warmup_lr": _NON_NEGATIVE, "sched.min_lr": _NON_NEGATIVE, "aug.color_jitter": _NON_NEGATIVE,
+        "aug.reprob": _PROBABILITY, "aug.recount": _int_at_least(1), "aug.remode": _one_of("pixel", "rand", "const"),
+        "aug.mixup": _NON_NEGATIVE, "aug.cutmix": _NON_NEGATIVE, "aug.mixup_prob": _PROBABILITY,
+        "aug.mixup_switch_prob": _PROBABILITY, "aug.mixup_mode": _one_of("batch", "pair", "elem"),
+        "aug.smoothing": _UNIT_OPEN, "eval_every": _int_at_least(1), "report": _one_of("best", "last"),
+    },
+}
+
+
+def _how_to_set(key: str) -> str:
+    option = OPTIONS.get(key)
+    return f"pass {option} or --set {key}=<value>" if option else f"pass --set {key}=<value>"
+
+
+def validate(cfg: Mapping[str, Any]) -> None:
+    """Check every value of a resolved config before a run starts (nothing is written by a refused run).
+
+    Raises:
+        ConfigValueError: the first key with an invalid value, named with its value, what is valid and how to set it.
+    """
+    protocol = cfg.get("protocol")
+    if protocol not in PROTOCOLS:
+        raise ConfigValueError(f"config key 'protocol' = {protocol!r}: must be one of {list(PROTOCOLS)}")
+    for key, (check, valid) in {**RULES["common"], **RULES[protocol]}.items():
+        found, value = _lookup(cfg, key)
+        if not found:
+            raise ConfigValueError(f"config key '{key}' is missing from the {protocol} config (build configs with "
+                                   "transfer.recipes.resolve)")
+        if not check(value):
+            raise ConfigValueError(f"config key '{key}' = {value!r} is invalid: it must be {valid}; "
+                                   f"{_how_to_set(key)}")
+    if protocol == "knn":
+        _feature_spec("feature", cfg["feature"])
+    if protocol == "linear":
+        features = cfg["features"]
+        if not isinstance(features, list) or not features:
+            raise ConfigValueError(f"config key 'features' = {features!r} is invalid: the resolved config holds a "
+                                   "non-empty list of feature specs (build configs with transfer.recipes.resolve)")
+        for i, d in enumerate(features):
+            _feature_spec(f"features[{i}]", d)
+    if protocol == "knn" and cfg["report_k"] not in cfg["ks"]:
+        raise ConfigValueError(f"config key 'report_k' = {cfg['report_k']!r} is invalid: it must be one of "
+                               f"ks = {cfg['ks']}; pass --set report_k=<k> or add it to ks")
+    if protocol == "finetune":
+        aug = cfg["aug"]
+        if (aug["mixup"] > 0 or aug["cutmix"] > 0) and cfg["batch_size"] % 2:
+            raise ConfigValueError(f"config key 'batch_size' = {cfg['batch_size']} is invalid: mixup / cutmix pair "
+                                   "the samples of a batch, so it must be even (or set aug.mixup=0 aug.cutmix=0); "
+                                   "pass --batch-size N")

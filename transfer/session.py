@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import math
 import os
 import re
 import time
@@ -23,15 +24,20 @@ import torch
 
 from ibot.distributed import DistEnv, init_distributed, shutdown
 from transfer.backbone import RANDOM_INIT, BackboneInfo, build_backbone
-from transfer.datasets import ClassificationDataset, build_dataset
+from transfer.datasets import ClassificationDataset, build_dataset, check_root
+from transfer.recipes import validate
 from transfer.results import SCHEMA, write_result
 from transfer.runtime import amp_enabled, environment, resolve_device, seed_all
 
-__all__ = ["Session", "default_output_dir"]
+__all__ = ["InvalidResultError", "Session", "default_output_dir"]
 
 log = logging.getLogger(__name__)
 
 RESULT_NAME = "result.json"
+
+
+class InvalidResultError(ValueError):
+    """A run ended with a headline metric that is not an accuracy (no result file is written)."""
 
 
 def _slug(text: str) -> str:
@@ -58,9 +64,16 @@ def default_output_dir(cfg: dict[str, Any]) -> Path:
 
 
 class Session:
-    """Context manager: sets up on enter, tears the process group down on exit (only if it created it)."""
+    """Context manager: sets up on enter, tears the process group down on exit (only if it created it).
+
+    The config and the data root are checked when the session is made, before ``__enter__`` creates the output
+    folder: a refused run writes nothing. A run that fails later logs the error to ``log.txt`` and leaves the
+    folder's earlier ``result.json`` as it was (it is only replaced, atomically, by a finished run).
+    """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
+        validate(cfg)
+        check_root(cfg["data"]["name"], cfg["data"]["root"])
         self.cfg = cfg
         self.output_dir = Path(cfg["output_dir"]) if cfg["output_dir"] else default_output_dir(cfg)
         self._owns_group = False
@@ -92,7 +105,10 @@ class Session:
                      self.output_dir, self.device, self.env.world, "bf16" if self.amp else "off")
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None and self._file_handler is not None:
+            log.error("run failed: %s: %s (this run wrote no result.json; an earlier one in this folder is unchanged)",
+                      exc_type.__name__ if exc_type else "error", exc)
         if self._file_handler is not None:
             logging.getLogger().removeHandler(self._file_handler)
             self._file_handler.close()
@@ -133,6 +149,14 @@ class Session:
         """Assemble the result record; the main process writes ``<output_dir>/result.json`` (tagged
         :data:`transfer.results.SCHEMA`)."""
         cfg = self.cfg
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not (math.isfinite(number) and 0.0 <= number <= 100.0):
+            raise InvalidResultError(f"{cfg['protocol']} run: the headline metric {metric_name} = {value!r} is not an "
+                                     f"accuracy in [0, 100]; '{self.output_dir / RESULT_NAME}' was not written. Check "
+                                     "the run's log.txt (no evaluated epoch? diverged training?)")
         finished = datetime.datetime.now(datetime.timezone.utc)
         record = {
             "schema": SCHEMA,
@@ -142,7 +166,7 @@ class Session:
                         "root": cfg["data"]["root"], "num_classes": train_set.num_classes,
                         "num_train": len(train_set), "num_test": len(test_set),
                         "train_split": cfg["data"]["train_split"], "test_split": cfg["data"]["test_split"]},
-            "metric": {"name": metric_name, "value": float(value), "selection": selection},
+            "metric": {"name": metric_name, "value": number, "selection": selection},
             "metrics": metrics,
             "seed": int(cfg["seed"]),
             "config": cfg,

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ibot.checkpoint import load_file, save_file
+from ibot.checkpoint import CorruptCheckpointError, load_file, save_file
 from ibot.distributed import DistEnv, set_rng_state
 from transfer.runtime import seed_all
 
@@ -59,7 +59,11 @@ def load_state(output_dir: str | os.PathLike, config: dict[str, Any]) -> dict[st
     path = checkpoint_path(output_dir)
     if not path.exists():
         return None
-    state = load_file(path)
+    try:
+        state = load_file(path)
+    except CorruptCheckpointError as exc:
+        raise CorruptCheckpointError(f"{exc} It is the resume state of the run in '{path.parent}': delete it to start "
+                                     "that run over (or restore it from a copy)") from exc
     old, new = _flatten(state["config"]), _flatten(config)
     diff = sorted(k for k in old.keys() | new.keys()
                   if old.get(k) != new.get(k) and not any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES))
