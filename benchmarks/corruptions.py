@@ -2,7 +2,7 @@
 """Throughput of the ImageNet-C corruptions (imagecorruptions 1.1.2 via ibot.compat) on the CPU.
 
 Prints images/s per corruption at 224² and at COCO size (640×427) for one process, and the speed-up of running them
-in ``--workers`` processes (what the data-loader workers of robustness_eval.py / robustness_dense.py do)::
+in ``--workers`` processes (what the data-loader workers of ``python -m robustness.cli imagenet-c`` / ``dense`` do)::
 
     python benchmarks/corruptions.py                         # all 19 corruptions, severity 3, 224² and 640×427
     python benchmarks/corruptions.py --sizes 224x224 --corruptions glass_blur zoom_blur --repeats 5 --workers 4

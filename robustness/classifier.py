@@ -54,8 +54,6 @@ class BackboneWithLinearHead(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_classes: int, feature: FeatureSpec = FeatureSpec()) -> None:
         super().__init__()
-        if hasattr(backbone, "blocks"):
-            feature.check(len(backbone.blocks))  # fail at build time, not at the first batch
         self.backbone = backbone
         self.feature = feature
         self.head = nn.Linear(feature.dim(backbone.embed_dim), num_classes)
@@ -85,11 +83,15 @@ def _attention_source(model: nn.Module) -> nn.Module | None:
 
 
 def _patch_size_of(model: nn.Module) -> int | None:
-    patch_size = getattr(model, "patch_size", None)
-    if patch_size is None:
-        ps = getattr(getattr(model, "patch_embed", None), "patch_size", None)
-        patch_size = ps[0] if isinstance(ps, (tuple, list)) else ps
-    return patch_size
+    """``patch_size`` or ``patch_embed.patch_size`` of the model or of its ``backbone`` (a linear-probe wrapper)."""
+    for candidate in (model, getattr(model, "backbone", None)):
+        patch_size = getattr(candidate, "patch_size", None)
+        if patch_size is None:
+            ps = getattr(getattr(candidate, "patch_embed", None), "patch_size", None)
+            patch_size = ps[0] if isinstance(ps, (tuple, list)) else ps
+        if patch_size is not None:
+            return int(patch_size)
+    return None
 
 
 class ImageClassifier(nn.Module):
@@ -281,6 +283,7 @@ def build_ibot_linear_classifier(
     if head is None and num_classes is None:
         raise ValueError("num_classes is needed when no head checkpoint is given")
     feature = resolve_feature(head, n_last_blocks, avgpool)
+    feature.check(len(backbone.blocks))  # fail before any data is read, not at the first batch
     model = BackboneWithLinearHead(backbone, head.num_classes if head else int(num_classes), feature)
     model.backbone_report = report
     if head is not None:

@@ -8,7 +8,7 @@ pixel space.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -92,6 +92,32 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS)
 
 
+def _label_map(root: Path, classes: Sequence[str], label_space: str | Mapping[str, int]) -> dict[str, int]:
+    """``{folder name: label}`` for the given label space (see :func:`list_image_folder`)."""
+    if label_space == "auto":
+        label_space = "imagenet1k" if set(classes) <= set(imagenet_synsets()) else "sorted"
+    if label_space == "sorted":
+        return {c: i for i, c in enumerate(classes)}
+    if label_space == "imagenet1k":
+        index = {w: i for i, w in enumerate(imagenet_synsets())}
+        unknown = [c for c in classes if c not in index]
+        if unknown:
+            raise DataLayoutError(f"{root}: folders {unknown[:5]} are not ImageNet-1k WordNet ids")
+        return {c: index[c] for c in classes}
+    if isinstance(label_space, Mapping):
+        return dict(label_space)
+    raise ValueError(f"unknown label_space {label_space!r}")
+
+
+def _class_images(root: Path, folder: str) -> list[str]:
+    """Image paths below ``root/folder``, recursively, in sorted (deterministic) order."""
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root / folder):
+        dirnames.sort()  # os.walk visits sub-folders in this list's order
+        paths += [os.path.join(dirpath, name) for name in sorted(filenames) if _is_image(name)]
+    return paths
+
+
 def list_image_folder(root: str | os.PathLike[str], label_space: str | Mapping[str, int] = "sorted",
                       layout_hint: str = "<root>/<class>/<image>") -> ImageList:
     """List ``<root>/<class>/<image>`` (recursively below each class folder).
@@ -107,30 +133,9 @@ def list_image_folder(root: str | os.PathLike[str], label_space: str | Mapping[s
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataLayoutError(f"{root} has no class folders; expected layout {layout_hint}")
-    if label_space == "auto":
-        label_space = "imagenet1k" if set(classes) <= set(imagenet_synsets()) else "sorted"
-    if label_space == "sorted":
-        to_idx: Mapping[str, int] = {c: i for i, c in enumerate(classes)}
-    elif label_space == "imagenet1k":
-        index = {w: i for i, w in enumerate(imagenet_synsets())}
-        unknown = [c for c in classes if c not in index]
-        if unknown:
-            raise DataLayoutError(f"{root}: folders {unknown[:5]} are not ImageNet-1k WordNet ids")
-        to_idx = {c: index[c] for c in classes}
-    elif isinstance(label_space, Mapping):
-        to_idx = dict(label_space)
-    else:
-        raise ValueError(f"unknown label_space {label_space!r}")
-    samples = []
-    for c in classes:
-        if c not in to_idx:
-            continue
-        for dirpath, dirnames, filenames in os.walk(root / c):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if _is_image(name):
-                    path = os.path.join(dirpath, name)
-                    samples.append(Sample(path, int(to_idx[c]), os.path.relpath(path, root)))
+    to_idx = _label_map(root, classes, label_space)
+    samples = [Sample(path, int(to_idx[c]), os.path.relpath(path, root))
+               for c in classes if c in to_idx for path in _class_images(root, c)]
     if not samples:
         raise DataLayoutError(f"no images ({', '.join(IMG_EXTENSIONS)}) under {root}; expected layout {layout_hint}")
     ordered = tuple(sorted(to_idx, key=lambda c: to_idx[c])) if isinstance(label_space, Mapping) else tuple(classes)

@@ -17,8 +17,14 @@ from torch.utils.data import Dataset
 from .corruptions import CorruptedImages, released_imagenet_c
 from .data import ImageList, ImageListDataset, list_image_folder
 from .engine import Cell, Predict, argmax_predict
-from .metrics import ALEXNET_CLEAN_ERR, ALEXNET_ERR, ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, SEVERITIES, \
-    imagenet_c_summary
+from .metrics import (
+    ALEXNET_CLEAN_ERR,
+    ALEXNET_ERR,
+    ALL_CORRUPTIONS,
+    BENCHMARK_CORRUPTIONS,
+    SEVERITIES,
+    imagenet_c_summary,
+)
 
 __all__ = ["GROUP", "cell_key", "on_the_fly_cells", "released_cells", "summarize", "baseline_from_cells"]
 

@@ -18,7 +18,7 @@ from typing import Any, Final
 from ibot.records import schema_tag, write_record
 from ibot.report import Page
 
-from . import backgrounds, dense, imagenet_c, occlusion, ood
+from . import backgrounds, imagenet_c, occlusion, ood
 from .metrics import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 from .store import load_results
 
@@ -63,6 +63,8 @@ def summarize_results(data: Mapping[str, Any], *, baseline: Mapping[str, Any] | 
         out["ood"] = ood.summarize(groups[ood.GROUP]["cells"])
     for task in ("det_c", "seg_c"):
         if task in groups and "clean" in groups[task]["cells"]:
+            from . import dense  # needs mmcv / mmengine: imported only for files with dense results
+
             out[task] = dense.summarize(groups[task]["cells"], task)
     return out
 

@@ -4,37 +4,38 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from robustness_helpers import REPO, check_html_report, load_tool, shared_data_path
 from torch import nn
 
-from ibot.checkpoint import save_file
+from ibot.checkpoint import describe_backbone, save_backbone, save_file
 from ibot.compat.imagecorruptions import corrupt
+from ibot.features import FeatureSpec
 from ibot.vit import build_vit
-from robustness import backgrounds, imagenet_c, ood
-from robustness.classifier import (BackboneWithLinearHead, ImageClassifier, build_ibot_linear_classifier,
-                                   linear_head_state_dict)
+from robustness import backgrounds, cli, imagenet_c, ood
+from robustness.classifier import (
+    BackboneWithLinearHead,
+    ImageClassifier,
+    build_ibot_linear_classifier,
+    linear_head_state_dict,
+    shape_overrides,
+)
 from robustness.corruptions import CorruptedImages, sample_seed
 from robustness.data import imagenet_synsets, list_image_folder
 from robustness.engine import run_cells
 from robustness.store import ConfigMismatchError, ResultStore
-from robustness.testing import single_thread  # noqa: F401 - autouse fixture
-from robustness.testing import REPO, check_html_report, shared_data
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _cifar(per_class: int = 1, limit: int | None = None):
-    return list_image_folder(shared_data("cifar10", "test"), "sorted").subset(per_class=per_class, limit=limit)
+    return list_image_folder(shared_data_path("cifar10", "test"), "sorted").subset(per_class=per_class, limit=limit)
 
 
 class _Rule(nn.Module):
@@ -149,18 +150,52 @@ def test_backbone_with_linear_head_and_checkpoints(tmp_path) -> None:
     linear = nn.Linear(3 * 192, 7)
     save_file({"state_dict": {"module.linear.weight": linear.weight.detach(),
                               "module.linear.bias": linear.bias.detach()}}, tmp_path / "head.pth")
-    model = build_ibot_linear_classifier("vit_tiny", 4, tmp_path / "full.pth", tmp_path / "head.pth",
-                                         n_last_blocks=2, avgpool=2, img_size=32, depth=2)
+    flags = shape_overrides("vit_tiny", patch_size=4, img_size=32, depth=2)
+    model = build_ibot_linear_classifier(tmp_path / "full.pth", tmp_path / "head.pth", overrides=flags,
+                                         n_last_blocks=2, avgpool=2)
     x = torch.randn(2, 3, 32, 32)
     tokens = student.get_intermediate_layers(x, 2)
     feats = torch.cat([tokens[0][:, 0], tokens[1][:, 0], tokens[1][:, 1:].mean(1)], dim=-1)
     assert torch.allclose(model(x), linear(feats), atol=1e-5)
-    assert BackboneWithLinearHead(student, 3, n_last_blocks=4, avgpool=0).head.in_features == 4 * 192
-    assert BackboneWithLinearHead(student, 3, n_last_blocks=4, avgpool=1).head.in_features == 192
+    assert model.feature == FeatureSpec(2, "cls+avgpool") and not model.backbone_report.described
+    # the shape inferred from the tensors (a foreign file) gives the same model without any shape flag
+    inferred = build_ibot_linear_classifier(tmp_path / "full.pth", tmp_path / "head.pth", n_last_blocks=2, avgpool=2)
+    assert torch.equal(inferred(x), model(x))
+    assert BackboneWithLinearHead(student, 3, FeatureSpec.from_avgpool(4, 0)).head.in_features == 4 * 192
+    assert BackboneWithLinearHead(student, 3, FeatureSpec.from_avgpool(4, 1)).head.in_features == 192
     assert linear_head_state_dict({"head.weight": linear.weight, "head.bias": linear.bias})["weight"] is linear.weight
-    with pytest.raises(ValueError, match="n_last_blocks"):
-        build_ibot_linear_classifier("vit_tiny", 4, tmp_path / "full.pth", tmp_path / "head.pth", n_last_blocks=1,
-                                     img_size=32, depth=2)
+    with pytest.raises(ValueError, match="n_last_blocks") as err:
+        build_ibot_linear_classifier(tmp_path / "full.pth", tmp_path / "head.pth", overrides=flags, n_last_blocks=1)
+    assert str(tmp_path / "head.pth") in str(err.value)  # the error names the head file
+
+
+def test_head_file_feature_entry_and_flag_overrides(tmp_path) -> None:
+    """A head file's 'feature' entry gives the feature spec; explicit flags replace parts of it; a spec that does
+    not fit the head width fails naming the file and where the spec came from."""
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny", depth=2, patch_size=4, img_size=32)
+    save_backbone(tmp_path / "backbone.pth", vit.state_dict(),
+                  {"family": "vit", "arch": None, "patch_size": 4, "img_size": 32, "embed_dim": 192, "depth": 2,
+                   "num_heads": 3})
+    linear = nn.Linear(2 * 192, 5)
+    save_file({"weight": linear.weight.detach(), "bias": linear.bias.detach(),
+               "feature": FeatureSpec(1, "cls+avgpool").to_dict()}, tmp_path / "head.pth")
+    model = build_ibot_linear_classifier(tmp_path / "backbone.pth", tmp_path / "head.pth")
+    assert model.feature == FeatureSpec(1, "cls+avgpool") and model.backbone_report.described
+    x = torch.randn(2, 3, 32, 32)
+    (last,) = vit.get_intermediate_layers(x, 1)
+    assert torch.allclose(model(x), linear(torch.cat([last[:, 0], last[:, 1:].mean(1)], dim=-1)), atol=1e-5)
+    # --n-last-blocks 2 keeps the file's pooling: cls2+avgpool is 3 x 192 wide, the head 2 x 192
+    with pytest.raises(ValueError, match=r"head\.pth.*cls2\+avgpool.*--n-last-blocks / --avgpool flags"):
+        build_ibot_linear_classifier(tmp_path / "backbone.pth", tmp_path / "head.pth", n_last_blocks=2)
+    assert build_ibot_linear_classifier(tmp_path / "backbone.pth", tmp_path / "head.pth",
+                                        n_last_blocks=1, avgpool=2).feature == FeatureSpec(1, "cls+avgpool")
+    save_file({"weight": linear.weight.detach(), "bias": linear.bias.detach(),
+               "feature": FeatureSpec(1, "cls").to_dict()}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match=r"wrong\.pth.*'feature' entry"):
+        build_ibot_linear_classifier(tmp_path / "backbone.pth", tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="n_last_blocks=3"):  # deeper than the backbone: refused at build time
+        build_ibot_linear_classifier(tmp_path / "backbone.pth", None, num_classes=2, n_last_blocks=3)
 
 
 # ------------------------------------------------------------------------------------------------ backgrounds
@@ -185,7 +220,7 @@ def test_background_variants_by_hand() -> None:
 
 
 def test_background_variants_on_grabcut() -> None:
-    root = shared_data("grabcut")
+    root = shared_data_path("grabcut")
     samples = backgrounds.read_image_mask_folder(root / "images", root / "masks")[:6]
     samples = [backgrounds.ForegroundSample(s.image, s.mask, i % 3, s.key) for i, s in enumerate(samples)]
     base = backgrounds.ForegroundImages(samples, resize=64, crop=64)
@@ -225,10 +260,10 @@ def _model_args(tmp_path: Path) -> list[str]:
 def test_end_to_end_tiny_vit_report(tmp_path) -> None:
     """Acceptance: tiny ViT + linear head -> ImageNet-C on the fly (15 × 5, workers), occlusion curves, background
     variants from GrabCut masks, report (MD + HTML + JSON) via tools/robustness_report.py."""
-    evaluate, report = _tool("robustness_eval"), _tool("robustness_report")
+    evaluate, report = load_tool("robustness_eval"), load_tool("robustness_report")
     model = _model_args(tmp_path)
     out = str(tmp_path / "tiny.json")
-    cifar = str(shared_data("cifar10", "test"))
+    cifar = str(shared_data_path("cifar10", "test"))
     run = model + ["--out", out, "--name", "tiny-vit"]
     cells = evaluate.main(["imagenet-c", *run, "--data", cifar, "--per-class", "1", "--limit", "4",
                            "--corruptions", "benchmark", "--resize", "0", "--crop", "32", "--workers", "2"])
@@ -238,7 +273,7 @@ def test_end_to_end_tiny_vit_report(tmp_path) -> None:
     assert len(cells) == 30
     assert [cells[f"random/{lv / 10:.2f}"]["info_loss"] for lv in range(10)] == [(i * 64 // 10) / 64
                                                                                  for i in range(10)]
-    grabcut = shared_data("grabcut")
+    grabcut = shared_data_path("grabcut")
     stems = sorted(p.stem for p in (grabcut / "masks").iterdir())[:6]
     (tmp_path / "labels.json").write_text(json.dumps({s: i % 3 for i, s in enumerate(stems)}))
     cells = evaluate.main(["backgrounds", *run, "--images", str(grabcut / "images"), "--masks",
@@ -265,10 +300,54 @@ def test_end_to_end_tiny_vit_report(tmp_path) -> None:
     assert probe.tables >= 4 and {"Clean err", "mCE", "rel. mCE", "BG-Gap", "Mixed-Rand"} <= set(probe.headers)
 
 
+def test_cli_described_backbone_and_head_feature_need_no_shape_flags(tmp_path) -> None:
+    """A self-describing backbone file + a head file with a 'feature' entry run ``python -m robustness.cli
+    imagenet-c`` without any shape or feature flag, with the same logits and cells as the explicit-flag path on a
+    foreign (shape-inferred) copy of the same weights."""
+    torch.manual_seed(0)
+    vit = build_vit("vit_tiny", depth=2, patch_size=4, img_size=32)
+    save_file({"state_dict": vit.state_dict()}, tmp_path / "foreign.pth")
+    save_backbone(tmp_path / "backbone.pth", vit.state_dict(), describe_backbone(vit))
+    head = {"weight": torch.randn(10, 2 * 192), "bias": torch.randn(10)}
+    save_file(head, tmp_path / "head_plain.pth")
+    save_file({**head, "feature": FeatureSpec(2, "cls").to_dict()}, tmp_path / "head.pth")
+    explicit = ["--arch", "vit_tiny", "--depth", "2", "--patch-size", "4", "--img-size", "32", "--backbone",
+                str(tmp_path / "foreign.pth"), "--head", str(tmp_path / "head_plain.pth"), "--n-last-blocks", "2",
+                "--avgpool", "0"]
+    described = ["--backbone", str(tmp_path / "backbone.pth"), "--head", str(tmp_path / "head.pth")]
+    run = ["--data", str(shared_data_path("cifar10", "test")), "--per-class", "1", "--limit", "4", "--corruptions",
+           "gaussian_noise", "contrast", "--severities", "3", "--resize", "0", "--crop", "32", "--workers", "0",
+           "--batch-size", "4", "--no-progress", "--log-level", "WARNING"]
+
+    def classifier(model_flags: list[str]) -> ImageClassifier:
+        return cli.build_classifier(cli.build_parser().parse_args(["imagenet-c", *model_flags, "--out", "x.json"]))
+
+    x = torch.rand(3, 3, 32, 32)
+    a, b = classifier(explicit), classifier(described)
+    assert torch.equal(a(x), b(x)) and a.patch_size == b.patch_size == 4
+    assert b.model.feature == FeatureSpec(2, "cls") and b.model.backbone_report.described
+
+    cells_a = cli.main(["imagenet-c", *explicit, "--out", str(tmp_path / "a.json"), *run])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "robustness.cli", "imagenet-c", *described, "--out",
+                           str(tmp_path / "b.json"), "--threads", "1", *run], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    file_a, file_b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    cells_b = file_b["groups"]["imagenet_c"]["cells"]
+    assert list(cells_a) == list(cells_b) == ["clean", "gaussian_noise/3", "contrast/3"]
+    assert cells_a == cells_b  # same correct / total / accuracy in every cell
+    config_a, config_b = (f["groups"]["imagenet_c"]["config"] for f in (file_a, file_b))
+    assert config_a["model"] == config_b["model"] == describe_backbone(vit)
+    assert config_a["feature"] == config_b["feature"] == {"n_last_blocks": 2, "pooling": "cls"}
+    assert file_b["schema"] == "ibot-suite/robustness/2"
+    assert file_b["meta"]["backbone"]["described"] and not file_a["meta"]["backbone"]["described"]
+
+
 def test_interrupt_and_resume_skips_finished_cells(tmp_path) -> None:
-    evaluate = _tool("robustness_eval")
+    evaluate = load_tool("robustness_eval")
     out = tmp_path / "r.json"
-    args = ["imagenet-c", *_model_args(tmp_path), "--out", str(out), "--data", str(shared_data("cifar10", "test")),
+    args = ["imagenet-c", *_model_args(tmp_path), "--out", str(out), "--data", str(shared_data_path("cifar10", "test")),
             "--per-class", "1", "--limit", "3", "--corruptions", "gaussian_noise", "contrast", "--severities", "1",
             "2", "--resize", "0", "--crop", "32", "--workers", "1"]
 
@@ -319,13 +398,12 @@ def test_benchmark_script_runs(capsys) -> None:
 def test_shared_data_present() -> None:
     for parts in (("cifar10", "test"), ("grabcut", "images"), ("grabcut", "masks"), ("tiny_coco",),
                   ("ade20k_sample",), ("camvid", "val")):
-        assert shared_data(*parts).is_dir()
+        assert shared_data_path(*parts).is_dir()
 
 
 def test_linear_classifier_builds_non_standard_vit_sizes() -> None:
-    from robustness.classifier import build_ibot_linear_classifier
-
-    model = build_ibot_linear_classifier("vit_tiny", 8, None, None, num_classes=3, img_size=32, depth=2,
-                                         embed_dim=32, num_heads=2)
+    flags = shape_overrides("vit_tiny", patch_size=8, img_size=32, depth=2, embed_dim=32, num_heads=2)
+    assert flags["arch"] is None  # no longer the preset
+    model = build_ibot_linear_classifier(None, None, num_classes=3, overrides=flags)
     assert model.backbone.embed_dim == 32 and len(model.backbone.blocks) == 2
     assert model.backbone.blocks[0].attn.num_heads == 2

@@ -2,19 +2,17 @@
 segm P / mPC / rPC), a tiny UperNet on ADE20K-format data (mIoU), corruptions in RGB order, resumable cells."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from robustness_helpers import REPO, check_html_report, load_tool, shared_data_path
 
 from ibot.compat.imagecorruptions import corrupt
 from robustness.corruptions import sample_seed
 from robustness.metrics import BENCHMARK_CORRUPTIONS
-from robustness.testing import single_thread  # noqa: F401 - autouse fixture
-from robustness.testing import REPO, check_html_report, shared_data
 
 DET_CFG = """
 _base_ = ['mmdet::cascade_rcnn/cascade-mask-rcnn_r50_fpn_1x_coco.py']
@@ -73,12 +71,6 @@ default_hooks = dict(logger=dict(interval=1000))
 """
 
 
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def _write(path: Path, text: str) -> Path:
     path.write_text(text)
@@ -86,11 +78,12 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _det_config(tmp_path: Path, n: int = 2, workers: int = 0) -> Path:
-    return _write(tmp_path / "tiny_cascade.py", DET_CFG.format(root=shared_data("tiny_coco"), n=n, workers=workers))
+    text = DET_CFG.format(root=shared_data_path("tiny_coco"), n=n, workers=workers)
+    return _write(tmp_path / "tiny_cascade.py", text)
 
 
 def _seg_config(tmp_path: Path, workers: int = 0) -> Path:
-    return _write(tmp_path / "tiny_upernet.py", SEG_CFG.format(root=shared_data("ade20k_sample"), workers=workers))
+    return _write(tmp_path / "tiny_upernet.py", SEG_CFG.format(root=shared_data_path("ade20k_sample"), workers=workers))
 
 
 def _check_summary(summary: dict, cells: dict, metric: str, n_corrupted: int) -> None:
@@ -112,7 +105,7 @@ def test_corrupt_rgb_converts_mmcv_bgr_on_camvid() -> None:
 
     from robustness.dense import CorruptRGB
 
-    path = sorted(shared_data("camvid", "val").glob("*.jpg"))[0]
+    path = sorted(shared_data_path("camvid", "val").glob("*.jpg"))[0]
     bgr = LoadImageFromFile()(dict(img_path=str(path)))["img"]
     assert bgr.shape == (360, 480, 3) and bgr.dtype == np.uint8
     out = CorruptRGB("frost", 3, seed=5).transform(dict(img=bgr.copy(), img_path=str(path)))["img"]
@@ -151,7 +144,7 @@ def test_insert_corruption_placement() -> None:
 # ------------------------------------------------------------------------------------------------ end to end
 def test_dense_detection_tiny_cascade_mask_rcnn_on_tiny_coco(tmp_path) -> None:
     """Acceptance (subset of cells): tools/robustness_dense.py on tiny COCO -> P / mPC / rPC for bbox and segm."""
-    dense = _tool("robustness_dense")
+    dense = load_tool("robustness_dense")
     cfg = _det_config(tmp_path)
     out = tmp_path / "cascade.json"
     probes: dict[str, torch.Tensor] = {}
@@ -192,7 +185,7 @@ def test_dense_segmentation_tiny_upernet_ade20k_interrupt_and_resume(tmp_path) -
     from mmseg.utils import register_all_modules
 
     from ibot.checkpoint import save_file
-    from robustness.dense import run_dense
+    from robustness.dense import DenseSettings, run_dense
 
     cfg_path = _seg_config(tmp_path)
     register_all_modules()
@@ -205,7 +198,7 @@ def test_dense_segmentation_tiny_upernet_ade20k_interrupt_and_resume(tmp_path) -
     save_file({"state_dict": sd, "meta": {}}, ckpt)
 
     out = tmp_path / "upernet.json"
-    kw = dict(corruptions=BENCHMARK_CORRUPTIONS, severities=[2], corrupt_after="Resize", progress=False)
+    settings = DenseSettings(corruptions=BENCHMARK_CORRUPTIONS, severities=[2], corrupt_after="Resize", progress=False)
 
     class Stop(Exception):
         pass
@@ -218,7 +211,7 @@ def test_dense_segmentation_tiny_upernet_ade20k_interrupt_and_resume(tmp_path) -
             raise Stop
 
     with pytest.raises(Stop):
-        run_dense(cfg_path, ckpt, out, on_cell_done=stop_after_two, **kw)
+        run_dense(cfg_path, ckpt, out, settings, on_cell_done=stop_after_two)
     assert list(json.loads(out.read_text())["groups"]["seg_c"]["cells"]) == ["clean", "gaussian_noise/2"]
     second: list[str] = []
 
@@ -227,7 +220,7 @@ def test_dense_segmentation_tiny_upernet_ade20k_interrupt_and_resume(tmp_path) -
         names = [type(t).__name__ for t in runner.test_loop.dataloader.dataset.pipeline.transforms]
         assert names[:3] == ["LoadImageFromFile", "Resize", "CorruptRGB"]
 
-    summary = run_dense(cfg_path, ckpt, out, on_cell_done=record, **kw)
+    summary = run_dense(cfg_path, ckpt, out, settings, on_cell_done=record)
     assert second == [f"{c}/2" for c in BENCHMARK_CORRUPTIONS[1:]]
     cells = json.loads(out.read_text())["groups"]["seg_c"]["cells"]
     assert set(summary) == {"mIoU"}
@@ -250,12 +243,11 @@ def test_dense_segmentation_tiny_upernet_ade20k_interrupt_and_resume(tmp_path) -
 def test_dense_full_grid_det_and_seg(tmp_path) -> None:
     """All 15 corruptions × 5 severities for both tasks (corrupted at test resolution to keep glass blur cheap),
     with data-loader workers; P / mPC / rPC complete."""
-    from robustness.dense import run_dense
+    from robustness.dense import DenseSettings, run_dense
 
-    det = run_dense(_det_config(tmp_path, n=2, workers=1), None, tmp_path / "det.json", corrupt_after="Resize",
-                    progress=False)
-    seg = run_dense(_seg_config(tmp_path, workers=1), None, tmp_path / "seg.json", corrupt_after="Resize",
-                    progress=False)
+    settings = DenseSettings(corrupt_after="Resize", progress=False)
+    det = run_dense(_det_config(tmp_path, n=2, workers=1), None, tmp_path / "det.json", settings)
+    seg = run_dense(_seg_config(tmp_path, workers=1), None, tmp_path / "seg.json", settings)
     for summary, task, metrics in ((det, "det_c", {"coco/bbox_mAP", "coco/segm_mAP"}), (seg, "seg_c", {"mIoU"})):
         assert set(summary) == metrics
         cells = json.loads((tmp_path / f"{task[:3]}.json").read_text())["groups"][task]["cells"]
@@ -268,21 +260,21 @@ def test_dense_full_grid_det_and_seg(tmp_path) -> None:
 @pytest.mark.slow
 def test_dense_with_the_project_vit_harness_on_camvid(tmp_path) -> None:
     """Our iBOT ViT in mmseg (seg/configs, CamVid recipe) through the same runner: 2 real CamVid val images."""
-    from robustness.dense import run_dense
+    from robustness.dense import DenseSettings, run_dense
 
     config = REPO / "seg" / "configs" / "upernet_vit-s16-ibot_deconv-ln_ld0.9_2xb8-20k_camvid-352x480.py"
     if not config.is_file():
         pytest.fail(f"{config} is missing (the seg harness' CamVid example config)")
-    camvid = shared_data("camvid")
-    summary = run_dense(config, None, tmp_path / "camvid.json", corruptions=["fog", "frost"], severities=[3],
-                        progress=False, cfg_options={
+    camvid = shared_data_path("camvid")
+    summary = run_dense(config, None, tmp_path / "camvid.json", DenseSettings(
+                        corruptions=["fog", "frost"], severities=[3], progress=False, cfg_options={
                             "test_dataloader.dataset.data_root": str(camvid),
                             "test_dataloader.dataset.data_prefix": dict(img_path="val", seg_map_path="valannot"),
                             "test_dataloader.dataset.img_suffix": ".jpg",
                             "test_dataloader.dataset.indices": 2,
                             "test_dataloader.num_workers": 1,
                             "test_dataloader.persistent_workers": False,
-                            "model.backbone.depth": 2})
+                            "model.backbone.depth": 2}))
     cells = json.loads((tmp_path / "camvid.json").read_text())["groups"]["seg_c"]["cells"]
     assert list(cells) == ["clean", "fog/3", "frost/3"]
     _check_summary(summary, cells, "mIoU", 2)

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from robustness import backgrounds, imagenet_c, ood
-from robustness.metrics import (ALEXNET_CLEAN_ERR, ALEXNET_ERR, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS, bg_gap,
-                                dense_summary, imagenet_c_summary)
+from robustness.metrics import (
+    ALEXNET_CLEAN_ERR,
+    ALEXNET_ERR,
+    BENCHMARK_CORRUPTIONS,
+    EXTRA_CORRUPTIONS,
+    bg_gap,
+    dense_summary,
+    imagenet_c_summary,
+)
 from robustness.store import ConfigMismatchError, ResultStore
 
 # google-research/augmix imagenet.py @ 9b9824c: CORRUPTIONS and ALEXNET_ERR as two parallel lists.
@@ -154,3 +161,33 @@ def test_result_store_atomic_and_config_guard(tmp_path) -> None:
         again.open_group("imagenet_c", {"seed": 1})
     again.open_group("imagenet_c", {"seed": 1}, restart=True)
     assert not again.has("imagenet_c", "fog/1")
+
+
+def test_result_store_schema_nan_and_version_1_files(tmp_path) -> None:
+    """Result files carry the suite's schema tag, store NaN as null, and version-1 files ({'format':
+    'ibot-robustness/1'}) are read and rewritten in the current version; other files are refused by name."""
+    from ibot.records import RecordError
+
+    path = tmp_path / "r.json"
+    store = ResultStore(path, model="m", meta={"arch": ("vit_small", 16)})
+    store.open_group("occlusion", {"grid": (14, 14)})
+    store.put("occlusion", "random/0.50", {"acc": float("nan"), "total": 3})
+    data = json.loads(path.read_text())
+    assert next(iter(data)) == "schema" and data["schema"] == "ibot-suite/robustness/2"
+    assert data["groups"]["occlusion"]["cells"]["random/0.50"] == {"acc": None, "total": 3}
+    assert data["meta"] == {"arch": ["vit_small", 16]} and store.config("occlusion") == {"grid": [14, 14]}
+    store.open_group("occlusion", {"grid": (14, 14)})  # the same config as stored (tuples compare as lists)
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"format": "ibot-robustness/1", "model": "v1", "meta": {},
+                               "groups": {"ood": {"config": {}, "cells": {"imagenet_a": {"acc": 0.5}}}}}))
+    migrated = ResultStore(old)
+    assert migrated.model == "v1" and migrated.get("ood", "imagenet_a") == {"acc": 0.5}
+    migrated.put("ood", "imagenet_r", {"acc": 0.25})
+    rewritten = json.loads(old.read_text())
+    assert rewritten["schema"] == "ibot-suite/robustness/2" and "format" not in rewritten
+    assert set(rewritten["groups"]["ood"]["cells"]) == {"imagenet_a", "imagenet_r"}
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"schema": "ibot-suite/transfer/1", "metric": {}}))
+    with pytest.raises(RecordError, match="other.json.*ibot-suite/transfer/1"):
+        ResultStore(other)

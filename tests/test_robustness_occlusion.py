@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from robustness_helpers import shared_data_path, tiny_vit_classifier
 
 from robustness import occlusion
 from robustness.backgrounds import ForegroundImages, read_image_mask_folder
 from robustness.classifier import IMAGENET_MEAN
 from robustness.data import ImageListDataset, list_image_folder
-from robustness.testing import single_thread  # noqa: F401 - autouse fixture
-from robustness.testing import shared_data, tiny_vit_classifier
 
 
 def _cifar_batch(n: int = 6) -> dict:
-    images = list_image_folder(shared_data("cifar10", "test")).subset(per_class=1, limit=n)
+    images = list_image_folder(shared_data_path("cifar10", "test")).subset(per_class=1, limit=n)
     ds = ImageListDataset(images, None, None)
     items = [ds[i] for i in range(len(ds))]
     return {"image": torch.stack([it["image"] for it in items]), "label": torch.tensor([it["label"] for it in items]),
@@ -105,7 +104,7 @@ def test_mass_threshold_naseer_lambda() -> None:
 
 
 def test_mask_modes_drop_foreground_patches_on_grabcut() -> None:
-    root = shared_data("grabcut")
+    root = shared_data_path("grabcut")
     samples = read_image_mask_folder(root / "images", root / "masks")[:3]
     ds = ForegroundImages(samples, resize=64, crop=64)
     items = [ds[i] for i in range(3)]

@@ -2,23 +2,15 @@
 checked with html.parser by default and rendered in headless Chromium in the slow tier."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-
 from headless_browser import render
+from robustness_helpers import check_html_report, load_tool
+
 from robustness.metrics import ALEXNET_ERR, ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS
 from robustness.store import ResultStore
-from robustness.testing import REPO, check_html_report
-
-
-def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fake_results(path: Path, name: str, base_err: float, dense: bool = True) -> Path:
@@ -57,7 +49,8 @@ def _fake_results(path: Path, name: str, base_err: float, dense: bool = True) ->
 def report_dir(tmp_path) -> Path:
     a = _fake_results(tmp_path / "ibot.json", "iBOT ViT-S/16", 0.22)
     b = _fake_results(tmp_path / "dino.json", "DINO ViT-S/16", 0.23, dense=False)
-    _tool("robustness_report").main([str(a), str(b), "--out-dir", str(tmp_path / "report"), "--title", "iBOT vs DINO"])
+    load_tool("robustness_report").main([str(a), str(b), "--out-dir", str(tmp_path / "report"),
+                                         "--title", "iBOT vs DINO"])
     return tmp_path / "report"
 
 
@@ -91,7 +84,8 @@ def test_report_markdown_html_json(report_dir: Path) -> None:
 def test_report_with_in_harness_baseline(tmp_path) -> None:
     a = _fake_results(tmp_path / "model.json", "model", 0.2, dense=False)
     base = _fake_results(tmp_path / "alexnet.json", "AlexNet", 0.4, dense=False)
-    summary = _tool("robustness_report").main([str(a), "--baseline", str(base), "--out-dir", str(tmp_path / "r")])
+    summary = load_tool("robustness_report").main([str(a), "--baseline", str(base),
+                                                   "--out-dir", str(tmp_path / "r")])
     inc = summary["models"][0]["imagenet_c"]
     by_hand = sum(100 * (0.35 + 0.005 * k) / min(0.99, 0.55 + 0.005 * k)
                   for k, _ in enumerate(BENCHMARK_CORRUPTIONS)) / 15

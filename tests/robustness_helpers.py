@@ -1,50 +1,38 @@
-"""Helpers for the robustness tests: the shared real-data folder and a tiny ViT classifier."""
+"""Plain helpers of the robustness tests (fixtures live in conftest.py): a tiny ViT classifier, a check of the
+self-contained HTML report, and the tools / data paths."""
 from __future__ import annotations
 
 import base64
+import importlib.util
 from html.parser import HTMLParser
 from pathlib import Path
+from types import ModuleType
 
-import pytest
 import torch
+from conftest import REPO, shared_data_path
 
+from ibot.features import FeatureSpec
 from ibot.vit import build_vit
+from robustness.classifier import BackboneWithLinearHead, ImageClassifier
 
-from .classifier import BackboneWithLinearHead, ImageClassifier
-
-__all__ = ["REPO", "check_html_report", "shared_data", "single_thread", "tiny_vit_classifier"]
-
-REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO", "check_html_report", "load_tool", "shared_data_path", "tiny_vit_classifier"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run a test with one intra-op thread: tiny models on a busy 2-core machine are 10-50x slower with two
-    (OpenMP threads competing with data-loader workers and other processes)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def shared_data(*parts: str) -> Path:
-    """``<repo>/../shared/data/<parts>``; fails the calling test (never skips) when it is missing."""
-    path = REPO.parent / "shared" / "data"
-    path = path.joinpath(*parts)
-    if not path.exists():
-        pytest.fail(f"test data {path} is missing: these tests need the real images under <repo>/../shared/data "
-                    "(CIFAR-10 test, GrabCut, tiny COCO, ADE20K sample, CamVid); see that folder's README")
-    return path
+def load_tool(name: str) -> ModuleType:
+    """``tools/<name>.py`` imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_vit_classifier(num_classes: int = 10, img_size: int = 32, patch_size: int = 4, depth: int = 2,
                         seed: int = 0) -> ImageClassifier:
-    """A random ViT-Tiny (depth 2) + linear head, wrapped for the benchmarks."""
+    """A random ViT-Tiny (depth 2) + linear head on the last [CLS] token, wrapped for the benchmarks."""
     torch.manual_seed(seed)
     vit = build_vit("vit_tiny", depth=depth, patch_size=patch_size, img_size=img_size, pos_interp="size")
-    return ImageClassifier(BackboneWithLinearHead(vit, num_classes).eval(), patch_size=patch_size)
+    model = BackboneWithLinearHead(vit, num_classes, FeatureSpec(1, "cls")).eval()
+    return ImageClassifier(model, patch_size=patch_size)
 
 
 class _HTMLProbe(HTMLParser):
@@ -57,19 +45,19 @@ class _HTMLProbe(HTMLParser):
         self.headers: list[str] = []
         self._in_th = False
 
-    def handle_starttag(self, tag, attrs):
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "img":
-            self.images.append(dict(attrs).get("src", ""))
+            self.images.append(dict(attrs).get("src") or "")
         elif tag == "table":
             self.tables += 1
         elif tag == "th":
             self._in_th = True
 
-    def handle_endtag(self, tag):
+    def handle_endtag(self, tag: str) -> None:
         if tag == "th":
             self._in_th = False
 
-    def handle_data(self, data):
+    def handle_data(self, data: str) -> None:
         if self._in_th:
             self.headers.append(data)
 

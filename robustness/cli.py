@@ -1,0 +1,453 @@
+"""Command line of the robustness harness: ``python -m robustness.cli <command> ...``.
+
+Classification commands (``imagenet-c``, ``occlusion``, ``backgrounds``, ``ood``) evaluate a backbone + linear head
+(or a timm / torchvision classifier) and write one resumable JSON per model (``--out``): re-running skips finished
+cells. ``dense`` does the same for an mmdet / mmseg config + checkpoint (COCO-C / ADE20K-C). ``report`` turns one or
+several result files into Markdown / HTML / JSON. ``tools/robustness_eval.py``, ``tools/robustness_dense.py`` and
+``tools/robustness_report.py`` are the same commands.
+
+Examples::
+
+    # iBOT ViT-S/16 backbone file + linear head (iBOT's ViT-S probe: 4 last [CLS] tokens). A self-describing
+    # backbone file (ibot.checkpoint.save_backbone) needs no shape flags, and a head file with a 'feature' entry
+    # ({'weight', 'bias', 'feature': FeatureSpec.to_dict()}) no --n-last-blocks / --avgpool.
+    M="--backbone ibot_vits16.pth --head linear_vits16.pth --out results/ibot_vits16.json --name iBOT-S/16"
+    python -m robustness.cli imagenet-c $M --released /data/ImageNet-C --clean-data /data/imagenet/val
+    python -m robustness.cli imagenet-c $M --data /data/imagenet/val --corruptions all   # on the fly
+    python -m robustness.cli occlusion  $M --data /data/imagenet/val --modes random salient non_salient
+    python -m robustness.cli backgrounds $M --released /data/bg_challenge
+    python -m robustness.cli ood $M --imagenet-a /data/imagenet-a --imagenet-r /data/imagenet-r
+    # a full pretraining checkpoint (shape inferred from its tensors) with an older head file
+    python -m robustness.cli imagenet-c --backbone checkpoint.pth --checkpoint-key teacher --head linear.pth \
+       --n-last-blocks 4 --avgpool 0 --data /data/imagenet/val --out results/x.json
+    # the AlexNet baseline for on-the-fly CE normalisation (report: --baseline results/alexnet.json)
+    python -m robustness.cli imagenet-c --torchvision alexnet --weights alexnet-owt-7be5be79.pth \
+       --data /data/imagenet/val --out results/alexnet.json
+    python -m robustness.cli dense det/configs/my_cascade.py work_dirs/my_cascade/epoch_12.pth \
+       --out results/my_cascade_coco_c.json --trust-checkpoint
+    python -m robustness.cli report results/ibot_vits16.json results/dino_vits16.json --out-dir report/
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ibot.checkpoint import describe_backbone, extract_backbone_state_dict, load_file, load_state_dict_report
+
+from . import backgrounds, imagenet_c, occlusion, ood
+from .classifier import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneWithLinearHead,
+    ImageClassifier,
+    build_ibot_linear_classifier,
+    shape_overrides,
+)
+from .data import ImageList, ImageListDataset, list_image_folder
+from .engine import Cell, run_cells
+from .metrics import expand_corruptions
+from .store import ResultStore
+
+__all__ = ["build_classifier", "build_parser", "main"]
+
+logger = logging.getLogger("robustness.cli")
+
+#: Arguments that do not change results (left out of the stored group configuration).
+#: Which cells to run (corruptions, modes, ...) is not part of it either: cells are stored one by one, so a later run
+#: may add corruptions or modes to the same file.
+_RUN_ONLY = {"out", "name", "batch_size", "workers", "device", "restart", "no_progress", "command", "cache_dir",
+             "trust_checkpoint", "log_level", "threads", "corruptions", "severities", "modes", "levels", "variants",
+             "imagenet_a", "imagenet_r", "imagenet_sketch"}
+#: Model flags that are stored resolved instead (``model``: the backbone's description, ``feature``: the spec), so
+#: the same weights give the same configuration whether the shape came from the file or from flags.
+_RESOLVED = {"arch", "patch_size", "img_size", "embed_dim", "depth", "num_heads", "n_last_blocks", "avgpool"}
+
+CellDone = Callable[..., None]
+
+
+# ------------------------------------------------------------------------------------------------ model
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (iBOT ViT + linear head by default)")
+    g.add_argument("--backbone", help="backbone file (any format ibot.checkpoint.load_backbone reads); without it a "
+                   "random backbone (pipeline tests only)")
+    g.add_argument("--checkpoint-key", default=None, help="teacher / student / state_dict ... (default: auto)")
+    g.add_argument("--arch", default=None, help="vit_tiny / vit_small / vit_base / vit_large (default: from the "
+                   "backbone file; vit_small without one)")
+    g.add_argument("--patch-size", type=int, default=None, help="default: from the backbone file (16 without one)")
+    g.add_argument("--img-size", type=int, default=None,
+                   help="position-embedding size the backbone is built with (default: the file's; 224 without one)")
+    g.add_argument("--depth", type=int, default=None, help="override the depth (default: from the file / --arch)")
+    g.add_argument("--embed-dim", type=int, default=None, help="override the width (default: from the file / --arch)")
+    g.add_argument("--num-heads", type=int, default=None,
+                   help="override the head count (default: from the file / --arch)")
+    g.add_argument("--head", help="linear-head file ({weight, bias[, feature]}, eval_linear files, ...)")
+    g.add_argument("--n-last-blocks", type=int, default=None,
+                   help="[CLS] tokens of the last n blocks (default: the head file's 'feature' entry, else 1)")
+    g.add_argument("--avgpool", type=int, default=None, choices=(0, 1, 2),
+                   help="0: [CLS] of the last n blocks; 1: mean patch token; 2: both (iBOT ViT-B/L) (default: the "
+                   "head file's 'feature' entry, else 0)")
+    g.add_argument("--num-classes", type=int, default=None, help="random head with this many classes (tests only)")
+    g.add_argument("--timm", metavar="MODEL", help="evaluate a timm model instead (with --weights)")
+    g.add_argument("--torchvision", metavar="MODEL", help="evaluate a torchvision model instead (e.g. alexnet)")
+    g.add_argument("--weights", help="state dict for --timm / --torchvision (strictly loaded)")
+    g.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN)
+    g.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD)
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints that pickle objects (executes code from the file: only for files you trust)")
+
+
+def _reference_classifier(args: argparse.Namespace) -> ImageClassifier:
+    """A timm / torchvision classifier (whole model, strictly loaded from ``--weights``)."""
+    kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    if args.timm:
+        import timm
+
+        model = timm.create_model(args.timm, pretrained=False, **kw)
+    else:
+        import torchvision
+
+        model = torchvision.models.get_model(args.torchvision, weights=None, **kw)
+    if args.weights:
+        ckpt = load_file(args.weights, trusted=args.trust_checkpoint)
+        load_state_dict_report(model, extract_backbone_state_dict(ckpt, args.checkpoint_key), strict=True)
+    else:
+        logger.warning("no --weights: evaluating a randomly initialised model")
+    return ImageClassifier(model.eval(), args.mean, args.std)
+
+
+def build_classifier(args: argparse.Namespace) -> ImageClassifier:
+    """The classifier the model flags describe: backbone + linear head, or a timm / torchvision model."""
+    if args.timm or args.torchvision:
+        return _reference_classifier(args)
+    overrides = shape_overrides(args.arch, patch_size=args.patch_size, img_size=args.img_size,
+                                embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads)
+    model = build_ibot_linear_classifier(
+        args.backbone, args.head, overrides=overrides, n_last_blocks=args.n_last_blocks, avgpool=args.avgpool,
+        num_classes=args.num_classes, checkpoint_key=args.checkpoint_key, trusted=args.trust_checkpoint)
+    return ImageClassifier(model, args.mean, args.std)  # patch size read from the backbone
+
+
+def _file_id(path: str | None) -> str | None:
+    if path is None:
+        return None
+    st = os.stat(path)
+    return f"{os.path.realpath(path)}:{st.st_size}"
+
+
+def _group_config(args: argparse.Namespace, classifier: ImageClassifier) -> dict[str, Any]:
+    """What the group's results depend on: the flags (files by path and size) and the resolved model."""
+    config = {k: v for k, v in vars(args).items() if k not in _RUN_ONLY | _RESOLVED and not callable(v)}
+    for key in ("backbone", "head", "weights"):
+        config[key] = _file_id(config.get(key))
+    if config.get("grid") is not None:
+        config["grid"] = "x".join(map(str, config["grid"]))
+    if isinstance(classifier.model, BackboneWithLinearHead):
+        config["model"] = describe_backbone(classifier.model.backbone)
+        config["feature"] = classifier.model.feature.to_dict()
+    return config
+
+
+def _run_meta(classifier: ImageClassifier) -> dict[str, Any]:
+    """Provenance kept in the result file: the backbone file's SHA-256, description and load report."""
+    report = getattr(classifier.model, "backbone_report", None)
+    return {"backbone": report.to_dict()} if report is not None else {}
+
+
+# ------------------------------------------------------------------------------------------------ benchmarks
+def _corruption_list(names: Sequence[str]) -> list[str]:
+    try:
+        return expand_corruptions(names)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+
+
+def _subset(images: ImageList, args: argparse.Namespace) -> ImageList:
+    return images.subset(per_class=args.per_class, limit=args.limit)
+
+
+def _labels(path: str | None) -> dict[str, int] | None:
+    if path is None:
+        return None
+    with open(path) as f:
+        return {str(k): int(v) for k, v in json.load(f).items()}
+
+
+def cells_imagenet_c(args: argparse.Namespace) -> tuple[str, list[Cell]]:
+    corruptions = _corruption_list(args.corruptions)
+    if args.released:
+        cells = imagenet_c.released_cells(args.released, args.clean_data, corruptions, args.severities,
+                                          crop=args.crop, clean_resize=args.resize, label_space=args.label_space)
+        if args.per_class or args.limit:
+            raise SystemExit("--per-class / --limit apply to on-the-fly evaluation only")
+        return imagenet_c.GROUP, cells
+    if not args.data:
+        raise SystemExit("imagenet-c needs --released ROOT or --data IMAGE_FOLDER")
+    images = _subset(list_image_folder(args.data, args.label_space), args)
+    return imagenet_c.GROUP, imagenet_c.on_the_fly_cells(
+        images, corruptions, args.severities, resize=args.resize, crop=args.crop, seed=args.seed,
+        jpeg_quality=args.jpeg_quality, cache_dir=args.cache_dir)
+
+
+def cells_occlusion(args: argparse.Namespace) -> tuple[str, list[Cell]]:
+    if args.images:
+        samples = backgrounds.read_image_mask_folder(args.images, args.masks, _labels(args.labels))
+        data = backgrounds.ForegroundImages(samples[: args.limit] if args.limit else samples, args.resize, args.crop)
+    elif args.data:
+        data = ImageListDataset(_subset(list_image_folder(args.data, args.label_space), args), args.resize, args.crop)
+    else:
+        raise SystemExit("occlusion needs --data IMAGE_FOLDER or --images DIR --masks DIR")
+    return occlusion.GROUP, occlusion.cells(data, args.modes, args.levels, grid=tuple(args.grid), fill=args.fill,
+                                            seed=args.seed, head=args.head_index, threshold=args.threshold)
+
+
+def cells_backgrounds(args: argparse.Namespace) -> tuple[str, list[Cell]]:
+    if args.released:
+        return backgrounds.GROUP, backgrounds.released_cells(args.released, args.variants, crop=args.crop)
+    if args.in9_masks:
+        base = backgrounds.ForegroundImages(backgrounds.read_in9_foregrounds(args.in9_masks), None, args.crop)
+        predict: Callable = backgrounds.in9_predict
+    elif args.images:
+        samples = backgrounds.read_image_mask_folder(args.images, args.masks, _labels(args.labels))
+        base = backgrounds.ForegroundImages(samples[: args.limit] if args.limit else samples, args.resize, args.crop)
+        predict = backgrounds.in9_predict if args.in9_labels else (lambda logits: logits.argmax(dim=1))
+    else:
+        raise SystemExit("backgrounds needs --released IN9_ROOT, --in9-masks IN9_ROOT or --images DIR --masks DIR")
+    return backgrounds.GROUP, backgrounds.variant_cells(base, args.variants, seed=args.seed, predict=predict)
+
+
+def cells_ood(args: argparse.Namespace) -> tuple[str, list[Cell]]:
+    roots = {k: v for k, v in (("imagenet_a", args.imagenet_a), ("imagenet_r", args.imagenet_r),
+                               ("imagenet_sketch", args.imagenet_sketch)) if v}
+    if not roots:
+        raise SystemExit("ood needs at least one of --imagenet-a / --imagenet-r / --imagenet-sketch")
+    return ood.GROUP, ood.cells(roots, resize=args.resize, crop=args.crop)
+
+
+def run_classification(args: argparse.Namespace, on_cell_done: CellDone | None = None) -> dict:
+    """One classification command: build its cells and the classifier, evaluate what the result file lacks."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.resize = args.resize or None
+    args.crop = args.crop or None
+    if args.command == "backgrounds" and args.released:
+        args.resize = None  # the release is evaluated with ToTensor() only
+    group, cells = args.build(args)
+    classifier = build_classifier(args)  # before touching the result file: a bad checkpoint changes nothing
+    store = ResultStore(args.out, model=args.name, meta=_run_meta(classifier))
+    store.open_group(group, _group_config(args, classifier), restart=args.restart)
+    cells_done = run_cells(classifier, cells, store, group, batch_size=args.batch_size, num_workers=args.workers,
+                           device=args.device, progress=not args.no_progress, on_cell_done=on_cell_done)
+    logger.info("%s: %d cells in %s", group, len(cells_done), args.out)
+    return cells_done
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _model_args(common)
+    g = common.add_argument_group("run")
+    g.add_argument("--out", required=True, help="result JSON (created or resumed)")
+    g.add_argument("--name", help="model name in reports (default: the result file's stem)")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--workers", type=int, default=4, help="data-loader workers (corruptions run there)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resize", type=int, default=256, help="Resize (shorter side) before the crop; 0 = none")
+    g.add_argument("--crop", type=int, default=224, help="CenterCrop size; 0 = none")
+    g.add_argument("--label-space", default="auto", choices=("auto", "sorted", "imagenet1k"),
+                   help="class folders -> labels: ImageNet-1k index for WordNet-id folders (auto), or sorted order")
+    g.add_argument("--per-class", type=int, default=None, help="use the first N images of each class")
+    g.add_argument("--limit", type=int, default=None, help="use the first N images")
+    g.add_argument("--restart", action="store_true", help="discard this benchmark's stored cells and recompute")
+    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads of the main process (CPU runs: 1 avoids competing with workers)")
+    g.add_argument("--log-level", default="INFO")
+    return common
+
+
+def _add_classification_commands(sub: Any) -> None:
+    common = _common_parser()
+    p = sub.add_parser("imagenet-c", parents=[common], help="ImageNet-C (released folders or on the fly)")
+    p.add_argument("--released", help="<root>/<corruption>/<severity>/<wnid>/*.JPEG")
+    p.add_argument("--clean-data", help="clean ImageNet val folder for the clean error (with --released)")
+    p.add_argument("--data", help="any ImageFolder, corrupted on the fly")
+    p.add_argument("--corruptions", nargs="+", default=["all"],
+                   help="names or groups: benchmark (15), extra (4), all (19), noise, blur, weather, digital")
+    p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--jpeg-quality", type=int, default=None, help="JPEG-encode corrupted images (release: 85)")
+    p.add_argument("--cache-dir", help="keep corrupted images (PNG) here and reuse them")
+    p.set_defaults(build=cells_imagenet_c, run=run_classification)
+
+    p = sub.add_parser("occlusion", parents=[common], help="PatchDrop: random / salient / non-salient")
+    p.add_argument("--data", help="ImageFolder")
+    p.add_argument("--images", help="images folder (with --masks, for the *_mask modes)")
+    p.add_argument("--masks", help="masks folder, <stem>.png / .npy")
+    p.add_argument("--labels", help="JSON {image stem: label} for --images")
+    p.add_argument("--modes", nargs="+", default=["random", "salient", "non_salient"], choices=occlusion.MODES)
+    p.add_argument("--levels", type=float, nargs="+", default=list(occlusion.IL_LEVELS))
+    p.add_argument("--grid", type=int, nargs=2, default=[14, 14])
+    p.add_argument("--fill", default="black", choices=occlusion.FILLS,
+                   help="black (Naseer et al., default) or mean colour (iBOT's Table 8)")
+    p.add_argument("--head-index", type=int, default=None, help="attention head for salient modes (default: mean)")
+    p.add_argument("--threshold", default="fraction", choices=("fraction", "mass"),
+                   help="salient level = fraction of patches (default) or of attention mass (Naseer's λ)")
+    p.set_defaults(build=cells_occlusion, run=run_classification)
+
+    p = sub.add_parser("backgrounds", parents=[common], help="ImageNet-9 background variants, BG-gap")
+    p.add_argument("--released", help="IN-9 test release: <root>/<variant>/val/<NN_class>/*")
+    p.add_argument("--in9-masks", help="IN-9 root with original/ and fg_mask/: build variants on the fly")
+    p.add_argument("--images", help="images folder with --masks: build variants on the fly")
+    p.add_argument("--masks")
+    p.add_argument("--labels", help="JSON {image stem: label} for --images")
+    p.add_argument("--in9-labels", action="store_true", help="--labels are IN-9 labels (map 1000-way logits)")
+    p.add_argument("--variants", nargs="+", default=list(backgrounds.IN9_VARIANTS), choices=backgrounds.IN9_VARIANTS)
+    p.set_defaults(build=cells_backgrounds, run=run_classification)
+
+    p = sub.add_parser("ood", parents=[common], help="ImageNet-A / -R (200 classes) / -Sketch")
+    p.add_argument("--imagenet-a")
+    p.add_argument("--imagenet-r")
+    p.add_argument("--imagenet-sketch")
+    p.set_defaults(build=cells_ood, run=run_classification)
+
+
+# ------------------------------------------------------------------------------------------------ dense
+_DENSE_HELP = """COCO-C / ADE20K-C style robustness of any mmdet 3.x or mmseg 1.x config + checkpoint.
+
+Every (corruption, severity) cell runs the config's test loop with the corruption inserted right after image loading
+(in RGB order); P / mPC / rPC are printed for each summarised metric (bbox and segm mAP for detection, mIoU for
+segmentation). The result JSON is resumable (finished cells are skipped) and feeds the report command.
+
+    python -m robustness.cli dense det/configs/my_cascade.py work_dirs/my_cascade/epoch_12.pth \\
+        --out results/my_cascade_coco_c.json --trust-checkpoint
+    # several GPUs (as tools/dist_test.sh): every rank evaluates each cell, rank 0 writes the result file
+    torchrun --nproc_per_node=8 tools/robustness_dense.py CONFIG CKPT --out results/x.json --launcher pytorch
+
+--trust-checkpoint allows a checkpoint that pickles Python objects (mmengine's own checkpoints do: a HistoryBuffer);
+this executes code from the file, so use it only for files you trust. Tensors-only checkpoints load without it.
+"""
+
+
+def _parse_cfg_options(items: Sequence[str] | None) -> dict:
+    from mmengine.config import DictAction
+
+    ns = argparse.Namespace()
+    DictAction(option_strings=[], dest="opts")(None, ns, list(items or []))
+    return dict(ns.opts or {})
+
+
+def _print_dense_summary(summary: dict) -> None:
+    for metric, d in summary.items():
+        mpc = "n/a" if d["mPC"] is None else f"{d['mPC']:.4g}"
+        rpc = "n/a" if d["rPC"] is None else f"{d['rPC']:.1f} %"
+        full = "" if d["complete"] else f"  [partial: {d['n_cells']} of 75 benchmark cells]"
+        print(f"{metric}: P = {d['P']:.4g}  mPC = {mpc}  rPC = {rpc}{full}")
+    print(json.dumps({m: {k: d[k] for k in ('P', 'mPC', 'rPC', 'complete')} for m, d in summary.items()}))
+
+
+def run_dense_command(args: argparse.Namespace, on_cell_done: CellDone | None = None) -> dict:
+    """``dense``: evaluate the config's cells (mmengine; imported only here) and print P / mPC / rPC on rank 0."""
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    corruptions = _corruption_list(args.corruptions)
+    from mmengine.dist import is_main_process
+
+    from .dense import DenseSettings, run_dense
+
+    settings = DenseSettings(
+        corruptions=corruptions, severities=args.severities, seed=args.seed, task=args.task, model_name=args.name,
+        work_dir=args.work_dir, cfg_options=_parse_cfg_options(args.cfg_options), launcher=args.launcher,
+        trust_checkpoint=args.trust_checkpoint, corrupt_after=args.corrupt_after, restart=args.restart,
+        progress=not args.no_progress)
+    summary = run_dense(args.config, args.checkpoint, args.out, settings, on_cell_done=on_cell_done)
+    if is_main_process():
+        _print_dense_summary(summary)
+    return summary
+
+
+def _add_dense_command(sub: Any) -> None:
+    p = sub.add_parser("dense", help="COCO-C / ADE20K-C: an mmdet / mmseg config + checkpoint", description=_DENSE_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("checkpoint", nargs="?", help="model weights (omit only to test the pipeline on a random model)")
+    p.add_argument("--out", required=True, help="result JSON (created or resumed)")
+    p.add_argument("--name", help="model name in reports")
+    p.add_argument("--task", choices=("det_c", "seg_c"), help="default: from the config's default_scope")
+    p.add_argument("--corruptions", nargs="+", default=["benchmark"],
+                   help="names or groups: benchmark (15, default), extra (4), all, noise, blur, weather, digital")
+    p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corrupt-after", default=None,
+                   help="insert the corruption after this pipeline step type instead of after image loading "
+                        "(e.g. Resize: corrupt at test resolution; faster, but not the published protocol)")
+    p.add_argument("--work-dir")
+    p.add_argument("--cfg-options", nargs="+", metavar="KEY=VALUE", help="override config entries (mmengine syntax)")
+    p.add_argument("--launcher", default="none", choices=("none", "pytorch", "slurm", "mpi"))
+    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    p.add_argument("--trust-checkpoint", action="store_true")
+    p.add_argument("--restart", action="store_true", help="discard the stored cells of this task and recompute")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_dense_command)
+
+
+# ------------------------------------------------------------------------------------------------ report
+_REPORT_HELP = """Turn robustness result files (one per model) into report.md, a self-contained report.html (plots
+embedded as base64 PNGs), summary.json and plots/*.png.
+
+    python -m robustness.cli report results/ibot_vits16.json results/dino_vits16.json --out-dir report/
+    # normalise on-the-fly ImageNet-C CE by an AlexNet evaluated the same way instead of the published table:
+    python -m robustness.cli report results/*.json --baseline results/alexnet.json --out-dir report/
+"""
+
+
+def run_report(args: argparse.Namespace, on_cell_done: CellDone | None = None) -> dict:
+    """``report``: write the report of the given result files; return its summary."""
+    from .report import build_report
+
+    summary = build_report(args.results, args.out_dir, title=args.title, baseline_file=args.baseline)
+    out = Path(args.out_dir)
+    print(f"wrote {out / 'report.md'}, {out / 'report.html'}, {out / 'summary.json'} "
+          f"({len(summary['models'])} model(s), {len(summary['plots'])} plot(s))")
+    return summary
+
+
+def _add_report_command(sub: Any) -> None:
+    p = sub.add_parser("report", help="Markdown / HTML / JSON report of result files", description=_REPORT_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", help="result JSON files written by the other commands")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--title", default="Robustness report")
+    p.add_argument("--baseline", help="result file of a baseline model (e.g. AlexNet) to normalise ImageNet-C CE")
+    p.set_defaults(run=run_report)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m robustness.cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_classification_commands(sub)
+    _add_dense_command(sub)
+    _add_report_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, on_cell_done: CellDone | None = None) -> dict:
+    """Run one command; return its cells (classification), P / mPC / rPC summary (``dense``) or report summary.
+
+    ``on_cell_done(key, record)`` (``dense``: ``(key, record, runner)``) is called after each cell is stored.
+    """
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    return args.run(args, on_cell_done)
+
+
+if __name__ == "__main__":
+    main()
