@@ -129,6 +129,7 @@ def loss_curve(log_path: Path) -> Any:
     ax.set_ylabel("iBOT loss")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
     return fig
 
 

@@ -75,6 +75,7 @@ def headline_chart(records: Sequence[dict[str, Any]]) -> Any:
     ax.set_ylabel("headline metric (%)")
     ax.set_title("Headline metric per harness")
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 
