@@ -66,8 +66,8 @@ def test_recipe_follows_the_checkpoint_description(tmp_path: Path) -> None:
     assert cfg["optim"]["lr"] == 7.5e-6 and cfg["model"]["arch"] is None  # vit_tiny has no iNat18 override
     custom = build_vit("vit_tiny", embed_dim=32, depth=2, num_heads=2, patch_size=8, img_size=32)
     save_backbone(tmp_path / "custom.pth", custom.state_dict(), describe_backbone(custom))
-    with pytest.raises(ValueError, match="no linear feature preset for arch None"):
-        resolve("linear", "cifar10", {"model": {"pretrained": str(tmp_path / "custom.pth")}})
+    nearest = resolve("linear", "cifar10", {"model": {"pretrained": str(tmp_path / "custom.pth")}})
+    assert nearest["features"] == [{"n_last_blocks": 4, "pooling": "cls"}]  # a 32-d ViT: the nearest preset, ViT-Ti
     flagged = resolve("linear", "cifar10", {"model": {"pretrained": str(tmp_path / "custom.pth"), "arch": "vit_base"}})
     assert flagged["features"] == [{"n_last_blocks": 1, "pooling": "cls+avgpool"}]  # the flag wins
 

@@ -72,15 +72,22 @@ def description_overrides(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def recipe_arch(model_cfg: dict[str, Any]) -> str | None:
     """The arch preset whose recipe applies (per-arch fine-tuning settings, linear-probe features): the flag,
-    else the checkpoint's description (read from the file), else the random-initialisation default. ``None`` for a
-    checkpoint of a non-preset size."""
+    else the checkpoint's description (read from the file), else the random-initialisation default. A checkpoint of
+    a non-preset size takes the recipe of the preset of the nearest width (a 96-d or a 2-block 192-d toy ViT gets
+    ViT-Tiny's), which is logged."""
     if model_cfg.get("arch") is not None:
         return model_cfg["arch"]
     if model_cfg.get("pretrained") is None:
         return RANDOM_INIT["arch"]
     found = read_backbone(model_cfg["pretrained"], trusted=bool(model_cfg.get("trust_checkpoint")),
                           key=model_cfg.get("checkpoint_key"))
-    return found.model["arch"]
+    if found.model["arch"] is not None:
+        return found.model["arch"]
+    width = int(found.model["embed_dim"])
+    nearest = min(ARCHS, key=lambda a: (abs(ARCHS[a]["embed_dim"] - width), ARCHS[a]["embed_dim"]))
+    log.info("'%s' is a non-preset ViT (width %d, depth %d): using the %s recipe (nearest width)",
+             model_cfg["pretrained"], width, found.model["depth"], nearest)
+    return nearest
 
 
 def _random_description(model_cfg: dict[str, Any]) -> dict[str, Any]:
