@@ -37,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from ibot.records import schema_tag, write_record  # noqa: E402
+
 MODELS = {
     "upernet-ibot-b16": ("seg", ROOT / "seg/configs/upernet_vit-b16-ibot_deconv-ln_ld0.65_8xb2-160k_ade20k-512x512.py"),
     "upernet-mmseg-b16": ("seg", "mmseg::vit/vit_vit-b16_mln_upernet_8xb2-160k_ade20k-512x512.py"),
@@ -46,6 +48,8 @@ MODELS = {
 BASELINE = {"upernet-ibot-b16": "upernet-mmseg-b16"}
 AMP_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 TOOLKIT = {"seg": "mmseg", "det": "mmdet"}
+#: Schema tag of the --json record (the ``ibot.records`` convention).
+SCHEMA = schema_tag("dense-throughput", 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -64,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone of every model")
     p.add_argument("--tf32", action="store_true", help="allow TF32 matmuls/convolutions (affects fp32 runs)")
     p.add_argument("--smoke", action="store_true", help="tiny widths and inputs: checks the script, not speed")
-    p.add_argument("--json", help="write the rows as JSON")
+    p.add_argument("--json", help=f"write the rows as a JSON record ({{'schema': {SCHEMA!r}, 'rows': [...]}})")
     p.add_argument("--results", help="append a markdown section to this file (e.g. benchmarks/RESULTS.md)")
     return p.parse_args(argv)
 
@@ -266,7 +270,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     table = markdown(rows, args)
     print(table)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        write_record(args.json, {"command": " ".join(sys.argv), "rows": rows}, schema=SCHEMA)
     if args.results:
         with open(args.results, "a", encoding="utf-8") as fh:
             fh.write("\n" + table)

@@ -8,7 +8,8 @@ real engine), then runs the weighted k-NN of the transfer harness with both back
     python benchmarks/learning_check.py --epochs 60                 # one H100: the pretraining issue's check
     python benchmarks/learning_check.py --tiny                      # CPU smoke run of the script (seconds)
 
-Writes ``<work-dir>/learning_check.json``; record the result with the machine and command in RESULTS.md.
+Writes the record ``<work-dir>/learning_check.json`` (schema ``ibot-suite/learning-check/1``); record the result
+with the machine and command in RESULTS.md.
 """
 from __future__ import annotations
 
@@ -23,15 +24,17 @@ sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
+from torch import nn  # noqa: E402
 
-from ibot.atomic import atomic_write_text  # noqa: E402
-from ibot.checkpoint import load_file, load_state_dict_report  # noqa: E402
-from ibot.vit import build_vit  # noqa: E402
-from pretrain.engine import train  # noqa: E402
+from ibot.checkpoint import build_backbone, load_backbone  # noqa: E402
+from ibot.records import schema_tag, write_record  # noqa: E402
+from pretrain.engine import TEACHER_BACKBONE, train  # noqa: E402
 from pretrain.knn_monitor import KNNMonitor  # noqa: E402
 from transfer.subset import make_imagefolder_subset  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "pretrain", "configs", "ibot_vit-s4_cifar10-check.py")
+#: Schema tag of ``learning_check.json`` (the ``ibot.records`` convention).
+SCHEMA = schema_tag("learning-check", 1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,12 +69,8 @@ def build_config(args: argparse.Namespace, root: str) -> Config:
     return cfg
 
 
-def knn_top1(cfg: Config, root: str, state: dict | None, device: torch.device) -> float:
-    torch.manual_seed(cfg.train.seed)  # the baseline: a seeded random initialisation of the same ViT
-    vit = build_vit(cfg.model.arch, patch_size=cfg.model.patch_size, img_size=cfg.model.img_size,
-                    **dict(cfg.model.get("vit_overrides", {})))
-    if state is not None:
-        load_state_dict_report(vit, state, strict=True, ignore=("masked_embed",))
+def knn_top1(cfg: Config, root: str, vit: nn.Module, device: torch.device) -> float:
+    """Weighted k-NN top-1 (%) of ``vit``'s [CLS] features: memory ``root/train``, queries ``root/test``."""
     monitor = KNNMonitor(root, cfg.model.img_size, train_split="train", val_split="test", k=20, temperature=0.07,
                          batch_size=256, num_workers=cfg.data.num_workers)
     return float(monitor(vit.to(device), device))
@@ -91,18 +90,20 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     train(cfg, os.path.join(args.work_dir, "pretrain"), resume=False)
     minutes = (time.time() - t0) / 60
-    teacher = load_file(os.path.join(args.work_dir, "pretrain", "teacher_backbone.pth"))
-    teacher = teacher.get("state_dict", teacher)
+    pretrained, report = load_backbone(os.path.join(args.work_dir, "pretrain", TEACHER_BACKBONE))
+    torch.manual_seed(cfg.train.seed)  # the baseline: a seeded random initialisation of the same ViT
+    random_init = build_backbone(report.model)
     result = {
-        "data": os.path.abspath(args.data), "train_per_class": args.train_per_class,
+        "schema": SCHEMA, "data": os.path.abspath(args.data), "train_per_class": args.train_per_class,
         "test_per_class": args.test_per_class, "epochs": cfg.train.epochs, "pretrain_minutes": round(minutes, 2),
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-        "knn_top1_pretrained": knn_top1(cfg, split, teacher, device),
-        "knn_top1_random_init": knn_top1(cfg, split, None, device),
+        "knn_top1_pretrained": knn_top1(cfg, split, pretrained, device),
+        "knn_top1_random_init": knn_top1(cfg, split, random_init, device),
+        "backbone": report.to_dict(),
         "command": " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])]),
     }
     result["gain_points"] = round(result["knn_top1_pretrained"] - result["knn_top1_random_init"], 2)
-    atomic_write_text(os.path.join(args.work_dir, "learning_check.json"), json.dumps(result, indent=2) + "\n")
+    write_record(os.path.join(args.work_dir, "learning_check.json"), result, schema=SCHEMA)
     print("| backbone | k-NN top-1 (k=20, T=0.07) |\n|---|---|")
     print(f"| iBOT, {cfg.train.epochs} epochs ({minutes:.1f} min on {result['device']}) | "
           f"{result['knn_top1_pretrained']:.2f} |")

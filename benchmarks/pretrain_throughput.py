@@ -21,13 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from mmengine.config import Config  # noqa: E402
 
+from ibot.distributed import DistEnv  # noqa: E402
 from ibot.loss import iBOTLoss  # noqa: E402
 from ibot.masking import MaskGenerator, max_masked_tokens  # noqa: E402
 from ibot.model import build_student_teacher  # noqa: E402
 from ibot.optim import param_groups  # noqa: E402
 from ibot.schedules import cosine_scheduler  # noqa: E402
 from ibot.train_step import iBOTTrainStep  # noqa: E402
-from ibot.distributed import DistEnv  # noqa: E402
 from pretrain.monitor import peak_flops, train_flops_per_image  # noqa: E402
 
 CONFIGS = {"vit_small": "ibot_vit-s16_800e_in1k.py", "vit_base": "ibot_vit-b16_400e_in1k.py",
@@ -152,7 +152,7 @@ def main() -> None:
         del step
     print(f"\n{name}, batch {args.batch}, 2 global + {args.local_crops} local crops, amp={args.amp}, "
           f"compile={args.compile}, torch {torch.__version__}\n")
-    print(f"| arch | measurement | ms/step | img/s | peak GiB | MFU |\n|---|---|---|---|---|---|")
+    print("| arch | measurement | ms/step | img/s | peak GiB | MFU |\n|---|---|---|---|---|---|")
     for arch, what, ms, ips, mem, mfu in rows:
         print(f"| {arch} | {what} | {ms:.1f} | {ips:.1f} | {mem:.2f} | {mfu:.3f} |")
 

@@ -11,7 +11,7 @@ from ibot.compat.imagecorruptions import install as _install_imagecorruptions
 from ibot.compat.mmengine import install as _install_checkpoint_policy
 
 from .backbone import DeconvPyramid, default_out_indices, iBOTViTBackbone
-from .checkpoint import backbone_state_dict, load_pretrained
+from .checkpoint import resolve_checkpoint
 from .layers import LayerNorm2d
 from .neck import SimpleFeaturePyramid
 from .optim import ViTLayerDecayOptimWrapperConstructor, get_layer_id
@@ -26,10 +26,9 @@ __all__ = [
     "LayerNorm2d",
     "SimpleFeaturePyramid",
     "ViTLayerDecayOptimWrapperConstructor",
-    "backbone_state_dict",
     "default_out_indices",
     "get_layer_id",
     "iBOTViTBackbone",
-    "load_pretrained",
     "register_modules",
+    "resolve_checkpoint",
 ]

@@ -27,8 +27,10 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ibot.checkpoint import StateDictMismatchError, load_backbone
 from ibot.vit import ARCHS, iBOTViT
 
+from .checkpoint import resolve_checkpoint
 from .layers import build_norm
 
 #: Blocks the iBOT/BEiT dense recipes read features from in a 12-block ViT.
@@ -151,11 +153,13 @@ class iBOTViTBackbone(BaseModule):
         frozen_stages: -1 trains everything; k >= 0 freezes the patch/position embeddings and the first k blocks
             (and the final norm when k = depth) and keeps them in eval mode (official semantics).
         grad_checkpointing: recompute blocks in backward to save activation memory.
-        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, checkpoint_key=None, strict=False)``. Reads
-            our pre-training checkpoints and official iBOT / DINO full checkpoints (teacher by default),
-            backbone-only files, timm ViT state dicts and mmengine det/seg checkpoints of this backbone;
-            missing / unexpected keys are reported (see :func:`det.checkpoint.load_pretrained`). Files that
-            pickle objects (full checkpoints) need the trust opt-in (``--trust-checkpoint``).
+        init_cfg: ``dict(type='Pretrained', checkpoint=PATH_OR_URL, checkpoint_key=None)``, loaded by
+            :func:`ibot.checkpoint.load_backbone` into this ViT: self-describing backbone files, our pre-training
+            checkpoints and official iBOT / DINO full checkpoints (teacher by default), backbone-only files, timm
+            ViT state dicts and mmengine det/seg checkpoints of this backbone. The load is strict: a checkpoint of
+            another width or depth raises, naming the file (set the shape from the file with
+            ``python -m det.cli train CONFIG --backbone FILE``). Files that pickle objects (full checkpoints)
+            need the trust opt-in (``--trust-checkpoint``).
     """
 
     def __init__(
@@ -262,15 +266,35 @@ class iBOTViTBackbone(BaseModule):
             print_log(f"init_weights of {type(self).__name__} has been called more than once.",
                       logger="current", level=logging.WARNING)
             return
-        cfg = dict(self.init_cfg) if self.init_cfg else None
-        if cfg is not None:
-            if cfg.pop("type", None) != "Pretrained":
-                raise ValueError(f"{type(self).__name__} supports init_cfg=dict(type='Pretrained', ...) only, "
-                                 f"got {self.init_cfg}")
-            from .checkpoint import load_pretrained
-
-            self.load_report = load_pretrained(self.vit, **cfg)
+        if self.init_cfg:
+            self._load_pretrained(dict(self.init_cfg))
         self._is_init = True
+
+    def _load_pretrained(self, cfg: dict) -> None:
+        """Load ``init_cfg`` strictly into the ViT (``pos_embed`` resized to ``img_size``; the final norm's
+        weights reported as ignored when ``out_with_norm`` is off); sets ``load_report`` (a
+        :class:`ibot.checkpoint.LoadReport`) and ``backbone_report``."""
+        kind, source, key = cfg.pop("type", None), cfg.pop("checkpoint", None), cfg.pop("checkpoint_key", None)
+        if kind != "Pretrained" or not source or cfg:
+            extra = f" (unsupported keys {sorted(cfg)}: the load is always strict)" if cfg else ""
+            raise ValueError(f"{type(self).__name__} supports init_cfg=dict(type='Pretrained', checkpoint=PATH, "
+                             f"checkpoint_key=None) only, got {self.init_cfg}{extra}")
+        path, trusted = resolve_checkpoint(str(source))
+        try:
+            _, self.backbone_report = load_backbone(path, trusted=trusted, key=key, model=self.vit)
+        except StateDictMismatchError as exc:
+            raise StateDictMismatchError(
+                f"{exc}\nThis backbone is {self._shape()}. Fix: take the shape from the file with "
+                f"`python -m det.cli train CONFIG --backbone {source}` (it also sets the widths of the neck / "
+                "heads), or set model.backbone.arch / embed_dim / depth / num_heads with --cfg-options",
+                exc.report) from exc
+        self.load_report = self.backbone_report.load
+        where = f"'{source}'" + (f"[{key!r}]" if key else "")
+        print_log(f"backbone initialised from {where}\n{self.load_report}", logger="current")
+
+    def _shape(self) -> str:
+        return (f"a ViT of width {self.embed_dim}, depth {self.depth}, {self.vit.blocks[0].attn.num_heads} heads, "
+                f"patch {self.patch_size}")
 
     # ------------------------------------------------------------------ forward
     def _run_block(self, i: int, x: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -37,8 +37,8 @@ def scan_images(root: str, layout: str = "imagefolder") -> tuple[list[str], list
     ``layout='flat'``: every image below ``root`` (label -1).
     """
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"pretraining data root {root!r} does not exist; expected "
-                                f"{'root/<class>/*.jpg (ImageNet layout)' if layout == 'imagefolder' else 'a folder of images'}")
+        want = "root/<class>/*.jpg (ImageNet layout)" if layout == "imagefolder" else "a folder of images"
+        raise FileNotFoundError(f"pretraining data root {root!r} does not exist; expected {want}")
     if layout not in ("imagefolder", "flat"):
         raise ValueError(f"data layout must be 'imagefolder' or 'flat', got {layout!r}")
     classes = sorted(d.name for d in os.scandir(root) if d.is_dir()) if layout == "imagefolder" else []

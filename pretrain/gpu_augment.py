@@ -19,8 +19,8 @@ ColorJitter p=0.8      torchvision ColorJitter formulas (kornia.enhance ``adjust
                        it is not used; ColorJiggle uses different saturation/hue formulas).
 RandomGrayscale 0.2    ``kornia.color.rgb_to_grayscale`` (0.299, 0.587, 0.114 = PIL's "L"), 3 channels.
 GaussianBlur           sigma ~ U(0.1, 2.0) px at the final crop size, ``kornia.filters.gaussian_blur2d`` with a
-                       kernel covering +-4 sigma_max (17 taps), replicate border (PIL extends edges); p = 1.0 / 0.1 / 0.5 (global 1,
-                       other globals, locals).
+                       kernel covering +-4 sigma_max (17 taps), replicate border (PIL extends edges);
+                       p = 1.0 / 0.1 / 0.5 (global 1, other globals, locals).
 Solarization 0.2       ``kornia.enhance.solarize(x, 0.5)``: x >= 0.5 -> 1 - x; on 8-bit values this is PIL's
                        ``ImageOps.solarize`` (pixels >= 128 inverted). Second..G-th global crops only.
 ToTensor+Normalize     ``(x - mean) / std`` (ImageNet).

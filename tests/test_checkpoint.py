@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import warnings
 
 import pytest
 import torch
+from conftest import REPO
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
@@ -21,8 +23,11 @@ from ibot.checkpoint import (
     LoadReport,
     StateDictMismatchError,
     UntrustedCheckpointError,
+    build_backbone,
+    describe_backbone,
     export_backbone,
     extract_backbone_state_dict,
+    load_backbone,
     load_file,
     load_state_dict_report,
     map_weight_norm_keys,
@@ -36,6 +41,11 @@ def tiny_vit(img_size: int | tuple[int, int] = 32, num_classes: int = 0, seed: i
     torch.manual_seed(seed)
     return VisionTransformer(img_size=img_size, patch_size=8, embed_dim=EMBED, depth=2, num_heads=2,
                              num_classes=num_classes)
+
+
+def tiny_description() -> dict:
+    """The description of :func:`tiny_vit` (width 32 is no preset's: its head count must be given)."""
+    return describe_backbone(tiny_vit())
 
 
 def backbone_sd(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -315,12 +325,15 @@ def test_export_backbone_roundtrip(tmp_path, suffix):
         export_backbone(src, tmp_path / f"x{suffix}")
     assert not (tmp_path / f"x{suffix}").exists()
     dst = tmp_path / "out" / f"backbone{suffix}"
-    returned = export_backbone(src, dst, trusted=True)
+    with pytest.raises(CheckpointFormatError, match="head count"):  # width 32: not in the weights
+        export_backbone(src, dst, trusted=True)
+    returned = export_backbone(src, dst, trusted=True, model=tiny_description())
     assert_same_tensors(returned, teacher_bb)
     assert sorted(os.listdir(dst.parent)) == [dst.name]
     loaded = load_file(dst)  # weights_only=True works: tensors only
     if suffix == ".pth":
-        assert list(loaded) == ["state_dict"]
+        assert list(loaded) == ["schema", "state_dict", "model", "source"]
+        assert loaded["model"] == tiny_description() and loaded["source"]["checkpoint_key"] == "teacher"
     assert_same_tensors(extract_backbone_state_dict(loaded), teacher_bb)
     model = tiny_vit(seed=9)
     report = load_state_dict_report(model, extract_backbone_state_dict(loaded))
@@ -334,7 +347,8 @@ def test_export_backbone_default_key_on_backbone_file_is_loud(tmp_path):
     save_file({"state_dict": sd}, tmp_path / "bb.pth")
     with pytest.raises(CheckpointKeyError, match="state_dict"):
         export_backbone(tmp_path / "bb.pth", tmp_path / "out.pth")
-    assert_same_tensors(export_backbone(tmp_path / "bb.pth", tmp_path / "out.pth", key=None), sd)
+    assert_same_tensors(export_backbone(tmp_path / "bb.pth", tmp_path / "out.pth", key=None,
+                                        model=tiny_description()), sd)
 
 
 # ---------------------------------------------------------------------------------------- load_state_dict_report
@@ -465,3 +479,56 @@ def test_load_state_dict_report_maps_weight_norm_automatically():
 def test_module_public_api():
     for name in ck.__all__:
         assert getattr(ck, name).__doc__, name
+
+
+# ------------------------------------------------------------------------------------ tools/convert_checkpoint.py
+def convert_tool():
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", REPO / "tools" / "convert_checkpoint.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def features(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every block's tokens (B, 1 + N, D), final norm applied, and the [CLS] output (B, D)."""
+    with torch.no_grad():
+        model.eval()
+        return [*model.get_intermediate_layers(x, len(model.blocks)), model(x)]
+
+
+def test_converted_timm_and_official_files_load_without_flags(tmp_path):
+    """tools/convert_checkpoint.py writes described files: load_backbone rebuilds each model from the file alone
+    and its features equal the source weights' in a model built by hand."""
+    import timm
+
+    tool = convert_tool()
+    # a timm-format flat state dict (classifier included) of a preset shape (vit_tiny: width 192, 12 blocks)
+    torch.manual_seed(3)
+    timm_vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10)
+    torch.save(timm_vit.state_dict(), tmp_path / "timm.pth")
+    tool.main([str(tmp_path / "timm.pth"), str(tmp_path / "timm_backbone.pth")])  # inferred: no flags
+    tool.main([str(tmp_path / "timm.pth"), str(tmp_path / "timm_described.pth"), "--timm", "vit_tiny_patch16_224"])
+    assert load_file(tmp_path / "timm_backbone.pth")["model"] == load_file(tmp_path / "timm_described.pth")["model"]
+    # an official full checkpoint (pickles a Namespace: trust), width 32: its head count is given
+    ckpt, teacher_bb, _ = official_full()
+    torch.save(ckpt, tmp_path / "official.pth")
+    with pytest.raises(CheckpointFormatError, match="--num-heads"):
+        tool.main([str(tmp_path / "official.pth"), str(tmp_path / "official_backbone.pth"), "--trust-checkpoint"])
+    tool.main([str(tmp_path / "official.pth"), str(tmp_path / "official_backbone.safetensors"),
+               "--trust-checkpoint", "--num-heads", "2"])
+    for dst, want_desc, weights, x in (
+        ("timm_backbone.pth", describe_backbone(timm_vit), timm_vit.state_dict(), torch.randn(2, 3, 224, 224)),
+        ("official_backbone.safetensors", tiny_description(), teacher_bb, torch.randn(2, 3, 32, 32)),
+    ):
+        assert want_desc["arch"] == ("vit_tiny" if dst.startswith("timm") else None)
+        model, report = load_backbone(tmp_path / dst)
+        assert report.described and report.model == want_desc and report.load.ok, dst
+        by_hand = build_backbone(want_desc)
+        by_hand.load_state_dict({k: v for k, v in weights.items() if not k.startswith("head.")})
+        for got, want in zip(features(model, x), features(by_hand, x), strict=True):
+            assert torch.equal(got, want), dst
+    # the timm model itself computes the same tokens (same parameter names and blocks)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        timm_tokens = timm_vit.eval().forward_features(x)
+    torch.testing.assert_close(features(load_backbone(tmp_path / "timm_backbone.pth")[0], x)[-2], timm_tokens)

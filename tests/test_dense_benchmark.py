@@ -2,25 +2,16 @@
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+from ibot.records import read_record
 
-
-@pytest.fixture()
-def one_thread():
-    """Tiny CPU models are slower with several threads on a busy machine (oversubscription)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+ROOT = REPO
 
 
-def test_benchmark_script_smoke(tmp_path, one_thread) -> None:
+def test_benchmark_script_smoke(tmp_path) -> None:
     spec = importlib.util.spec_from_file_location("dense_throughput", ROOT / "benchmarks/dense_throughput.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
@@ -29,6 +20,7 @@ def test_benchmark_script_smoke(tmp_path, one_thread) -> None:
                        "--json", str(tmp_path / "rows.json")])
     assert [r["model"] for r in rows] == list(bench.MODELS)
     assert all(r["ms_per_iter"] > 0 and r["img_per_s"] > 0 for r in rows)
+    assert read_record(tmp_path / "rows.json", schema="ibot-suite/dense-throughput/1")["rows"] == rows
     text = results.read_text()
     assert "| upernet-ibot-b16 | fp32 | 2 x 64² |" in text and "x |" in text  # ratio to the stock model
     with pytest.raises(SystemExit, match="AMP needs a GPU"):

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, shared_data_path
 
 from ibot.checkpoint import load_file, save_file
 from ibot.model import build_student_teacher
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+ROOT = REPO
 DET_CONFIG = "det/configs/cascade-mask-rcnn_vit-s16-ibot_deconv-fpn_4conv1fc-giou_ld0.8_8xb4-ms-crop-1x_coco.py"
 SEG_CONFIG = "seg/configs/upernet_vit-s16-ibot_deconv-ln_ld0.9_4xb4-160k_ade20k-512x512.py"
 CAMVID_CONFIG = "seg/configs/upernet_vit-s16-ibot_deconv-ln_ld0.9_2xb8-20k_camvid-352x480.py"
@@ -30,22 +30,21 @@ TINY_WIDTH = 32  # neck / head channels
 # ------------------------------------------------------------------------------------------------------ helpers
 def data_dir(name: str, *required: str) -> Path:
     """``../shared/data/<name>``; fails (never skips) when it or a required entry is missing."""
-    path = DATA / name
-    missing = [str(path / r) for r in (".", *required) if not (path / r).exists()]
-    if missing:
-        pytest.fail(f"test data missing: {missing}. These tests need the real sample data in {DATA} "
-                    "(see its README.md); they fail instead of skipping without it.")
-    return path
+    for entry in required:
+        shared_data_path(name, entry)
+    return shared_data_path(name)
 
 
 def launch(*args: str, timeout: int = 400) -> str:
-    """Run a launcher script from the repository root; returns its output, fails with the tail on error."""
+    """Run a launcher script from the repository root (or, for ``-m``, a Python module); returns its output,
+    fails with the tail on error."""
     env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                PYTHONWARNINGS="ignore")
-    proc = subprocess.run(["bash", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = [sys.executable, *args] if args[0] == "-m" else ["bash", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        pytest.fail(f"bash {' '.join(args[:2])} ... exited {proc.returncode}:\n{out[-8000:]}")
+        pytest.fail(f"{' '.join(cmd[:3])} ... exited {proc.returncode}:\n{out[-8000:]}")
     return out
 
 
@@ -145,13 +144,17 @@ def test_det_dist_train_test_resume(pretrain_checkpoint, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- segmentation
-def seg_options(checkpoint: str, crop: int = 64) -> dict:
+def seg_options(checkpoint: str | None, crop: int = 64) -> dict:
+    """Tiny seg options; ``checkpoint=None``: the backbone and the head input widths come from --backbone."""
     w = TINY_WIDTH
-    opts = backbone_options(checkpoint)
+    opts = backbone_options(checkpoint or "")
+    if checkpoint is None:
+        del opts["model.backbone.arch"], opts["model.backbone.init_cfg.checkpoint"]
+    else:
+        opts.update({"model.decode_head.in_channels": "[192,192,192,192]", "model.auxiliary_head.in_channels": 192})
     opts.update({
         "model.backbone.img_size": f"[{crop},{crop}]", "model.data_preprocessor.size": f"[{crop},{crop}]",
-        "model.decode_head.in_channels": "[192,192,192,192]", "model.decode_head.channels": w,
-        "model.auxiliary_head.in_channels": 192, "model.auxiliary_head.channels": w,
+        "model.decode_head.channels": w, "model.auxiliary_head.channels": w,
         "model.test_cfg.crop_size": f"[{crop},{crop}]", "model.test_cfg.stride": f"[{crop * 2 // 3},{crop * 2 // 3}]",
         "train_dataloader.batch_size": 2, "train_dataloader.dataset.pipeline.2.scale": f"({2 * crop},{crop})",
         "train_dataloader.dataset.pipeline.3.crop_size": f"({crop},{crop})",
@@ -162,12 +165,14 @@ def seg_options(checkpoint: str, crop: int = 64) -> dict:
 
 
 def test_seg_ade20k_dist_train_test_resume(pretrain_checkpoint, tmp_path) -> None:
+    """The shape (ViT-Tiny in a ViT-S config) comes from the checkpoint: --backbone on train and test."""
     ade = data_dir("ade20k_sample", "images", "annotations")
     work = tmp_path / "work"
-    opts = {**seg_options(pretrain_checkpoint), "train_cfg.val_begin": 100}  # tools/dist_test.sh evaluates
+    opts = {**seg_options(None), "train_cfg.val_begin": 100}  # tools/dist_test.sh evaluates
     for split in ("train_dataloader", "val_dataloader", "test_dataloader"):
         opts.update(loader(split, ade, **{"data_prefix.img_path": "images", "data_prefix.seg_map_path": "annotations"}))
-    log = launch("tools/dist_train.sh", SEG_CONFIG, "1", "--work-dir", str(work),
+    backbone = ["--backbone", pretrain_checkpoint]
+    log = launch("tools/dist_train.sh", SEG_CONFIG, "1", "--work-dir", str(work), *backbone,
                  *cfg_options({**opts, "train_cfg.max_iters": 2, "default_hooks.checkpoint.interval": 2}))
     assert_backbone_initialised(log, 1 + 4 * 4)  # img_size (64, 64) / 16
     assert (work / "iter_2.pth").is_file()
@@ -175,11 +180,12 @@ def test_seg_ade20k_dist_train_test_resume(pretrain_checkpoint, tmp_path) -> Non
 
     metrics_file = tmp_path / "metrics.json"
     launch("tools/dist_test.sh", SEG_CONFIG, str(work / "iter_2.pth"), "1", "--work-dir", str(work),
-           "--metrics-json", str(metrics_file), *cfg_options(opts))
+           "--metrics-json", str(metrics_file), *backbone, *cfg_options(opts))
     metrics = json.loads(metrics_file.read_text())
+    assert metrics["schema"] == "ibot-suite/dense-metrics/1"
     assert {"aAcc", "mIoU", "mAcc"} <= set(metrics) and 0.0 <= metrics["mIoU"] <= 100.0, metrics
 
-    log = launch("tools/dist_train.sh", SEG_CONFIG, "1", "--work-dir", str(work), "--resume",
+    log = launch("tools/dist_train.sh", SEG_CONFIG, "1", "--work-dir", str(work), "--resume", *backbone,
                  *cfg_options({**opts, "train_cfg.max_iters": 3, "default_hooks.checkpoint.interval": 3}))
     assert "resumed epoch: 0, iter: 2" in log
     assert load_file(work / "iter_3.pth", trusted=True)["meta"]["iter"] == 3
@@ -191,7 +197,8 @@ def test_seg_camvid_custom_dataset_train_val(pretrain_checkpoint, tmp_path) -> N
     for split, n in (("train_dataloader", 4), ("val_dataloader", 2)):
         opts.update(loader(split, camvid, img_suffix=".jpg", indices=n,
                            **{"data_prefix.img_path": "val", "data_prefix.seg_map_path": "valannot"}))
-    log = launch("tools/dist_train.sh", CAMVID_CONFIG, "1", "--work-dir", str(tmp_path / "work"),
+    # the package entry point the suite launches (no tools/ path, no launcher script)
+    log = launch("-m", "det.cli", "train", CAMVID_CONFIG, "--work-dir", str(tmp_path / "work"),
                  *cfg_options({**opts, "train_cfg.max_iters": 2, "train_cfg.val_interval": 2,
                                "default_hooks.checkpoint.interval": 2}))
     assert (tmp_path / "work" / "iter_2.pth").is_file()

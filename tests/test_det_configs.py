@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from mmengine.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CONFIGS = sorted(p for p in (ROOT / "det/configs").glob("*.py") if "_scenes-" not in p.name)  # paper recipes
 DEMO_CONFIGS = sorted((ROOT / "det/configs").glob("*_scenes-*.py"))  # demo scale, on ibot.scenes data
 NAME = re.compile(r"cascade-mask-rcnn_vit-(?P<arch>[sb])16-ibot_(?P<neck>[a-z0-9-]+)_4conv1fc-giou_ld(?P<ld>[0-9.]+)"

@@ -1,7 +1,6 @@
 """GPU checks (``bash tools/test.sh -m gpu`` on a CUDA machine; they fail — never skip — without one)."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 

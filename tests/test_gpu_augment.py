@@ -115,7 +115,8 @@ def test_rates_match_official_pipeline():
         assert _rate_ok(prm["solarize"], sol_p[k]), f"solarize {k}"
         # blur sigma ~ U(0.1, 2.0) like GaussianBlur's radius
         sig = prm["sigma"]
-        ref = torch.from_numpy(t1[2].radius_min + np.random.default_rng(k).random(N) * (t1[2].radius_max - t1[2].radius_min))
+        lo, hi = t1[2].radius_min, t1[2].radius_max
+        ref = torch.from_numpy(lo + np.random.default_rng(k).random(N) * (hi - lo))
         assert ks_2samp(sig.numpy(), ref.numpy()).statistic < 0.05
 
 

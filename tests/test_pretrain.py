@@ -12,32 +12,42 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, shared_data_path
 from mmengine.config import Config
 from PIL import Image
 
-from ibot.checkpoint import load_file
-from ibot.masking import MaskGenerator
 from ibot.augment import MultiCropAugmentation
-from pretrain.checkpointing import latest_checkpoint, list_checkpoints, load_checkpoint
+from ibot.checkpoint import BACKBONE_SCHEMA, load_backbone, load_file, read_backbone
+from ibot.masking import MaskGenerator
+from ibot.vit import build_vit
+from pretrain.checkpointing import LEGACY_FORMAT, SCHEMA, latest_checkpoint, list_checkpoints, load_checkpoint
 from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, scan_images
 
-ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "test"
+ROOT = REPO
 CONFIG = ROOT / "pretrain" / "configs" / "ibot_vit-tiny_cpu-test.py"
 PY = sys.executable
+#: The backbone of CONFIG: vit_tiny with these overrides, 32 px input, patch 8.
+TINY = dict(patch_size=8, img_size=32, embed_dim=64, depth=2, num_heads=2)
 
 
 @pytest.fixture(scope="module")
 def image_root(tmp_path_factory) -> Path:
     """32 real CIFAR-10 images (4 classes × 8) in ImageNet layout."""
-    if not CIFAR.is_dir():
-        pytest.fail(f"real test images missing: {CIFAR} (the shared data folder must sit beside the repo)")
+    cifar = shared_data_path("cifar10", "test")
     root = tmp_path_factory.mktemp("imgs")
-    for cls in sorted(os.listdir(CIFAR))[:4]:
+    for cls in sorted(os.listdir(cifar))[:4]:
         (root / cls).mkdir()
-        for f in sorted(os.listdir(CIFAR / cls))[:8]:
-            shutil.copy(CIFAR / cls / f, root / cls / f)
+        for f in sorted(os.listdir(cifar / cls))[:8]:
+            shutil.copy(cifar / cls / f, root / cls / f)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_process_run(image_root: Path, tmp_path_factory) -> Path:
+    """The work dir of a finished 1-process run (2 epochs, a checkpoint after every iteration)."""
+    work = tmp_path_factory.mktemp("runs") / "one"
+    _finish(_run(work, image_root, resume=False))
+    return work
 
 
 def _run(work: Path, data: Path, *opts: str, nproc: int = 1, resume: bool = True) -> subprocess.Popen:
@@ -138,20 +148,61 @@ def test_configs_resolve() -> None:
 # ------------------------------------------------------------------ engine
 
 
-def test_one_vs_two_processes_same_losses(tmp_path: Path, image_root: Path) -> None:
-    p1 = _run(tmp_path / "one", image_root, resume=False)
-    _finish(p1)
+def test_one_vs_two_processes_same_losses(tmp_path: Path, image_root: Path, one_process_run: Path) -> None:
     p2 = _run(tmp_path / "two", image_root, nproc=2, resume=False)
     _finish(p2)
-    one, two = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    one, two = _losses(one_process_run), _losses(tmp_path / "two")
     assert len(one) == len(two) == 8  # 32 images / batch 8 × 2 epochs
     for a, b in zip(one, two):
         assert a[0] == b[0]
         for x, y in zip(a[1:], b[1:]):
             assert abs(x - y) <= 1e-5 * max(1.0, abs(x)), (a, b)
     # The written teacher backbone is a tensors-only file usable downstream.
-    sd = load_file(tmp_path / "one" / "teacher_backbone.pth")["state_dict"]
+    sd = load_file(one_process_run / "teacher_backbone.pth")["state_dict"]
     assert "pos_embed" in sd and not any(k.startswith("head") for k in sd)
+
+
+def test_teacher_export_is_a_described_backbone_file(one_process_run: Path) -> None:
+    path = one_process_run / "teacher_backbone.pth"
+    raw = load_file(path)  # weights-only: tensors and plain values
+    assert raw["schema"] == BACKBONE_SCHEMA
+    assert raw["model"] == {"family": "vit", "arch": None, **TINY}
+    assert raw["source"] == {"kind": "ibot-pretrain", "work_dir": str(one_process_run.resolve()), "epoch": 2,
+                             "iteration": 8, "config": str(CONFIG)}
+    assert read_backbone(path).described
+    # The exported weights are the teacher backbone of the last checkpoint.
+    teacher = load_checkpoint(latest_checkpoint(str(one_process_run)))["teacher"]
+    assert set(raw["state_dict"]) == {k[len("backbone."):] for k in teacher if k.startswith("backbone.")}
+    assert all(torch.equal(v, teacher["backbone." + k]) for k, v in raw["state_dict"].items())
+    # load_backbone rebuilds the model from the description alone; features equal the hand-built model's.
+    rebuilt, report = load_backbone(path)
+    assert report.described and report.load.ok and report.model == raw["model"]
+    by_hand = build_vit("vit_tiny", **TINY)
+    by_hand.load_state_dict(raw["state_dict"])
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), by_hand.eval()(x))
+        assert torch.equal(rebuilt.get_intermediate_layers(x, 2)[0], by_hand.get_intermediate_layers(x, 2)[0])
+
+
+def test_checkpoint_schema_and_version_1_files(one_process_run: Path, tmp_path: Path) -> None:
+    path = latest_checkpoint(str(one_process_run))
+    state = load_checkpoint(path)
+    assert state["schema"] == SCHEMA == "ibot-suite/pretrain-checkpoint/2" and "format" not in state
+    assert state["world_size"] == 1 and len(state["rng"]) == 1
+    assert set(state["rng"][0]) >= {"python", "numpy", "torch"}
+    # A version 1 file (torch generator states only, flattened per rank) is upgraded on reading.
+    raw = load_file(path)
+    v1 = {**{k: v for k, v in raw.items() if k != "schema"}, "format": LEGACY_FORMAT,
+          "rng": [raw["rng"][0]["torch"]]}
+    torch.save(v1, tmp_path / "v1.pth")
+    up = load_checkpoint(str(tmp_path / "v1.pth"))
+    assert up["schema"] == SCHEMA and "format" not in up and up["iteration"] == state["iteration"]
+    assert torch.equal(up["rng"][0]["torch"], raw["rng"][0]["torch"]) and set(up["rng"][0]) >= {"python", "numpy"}
+    # Anything else is refused, naming the file, the key and what to use instead.
+    torch.save({"state_dict": raw["teacher"]}, tmp_path / "foreign.pth")
+    with pytest.raises(ValueError, match=r"foreign\.pth.*key 'schema'.*load_backbone"):
+        load_checkpoint(str(tmp_path / "foreign.pth"))
 
 
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path: Path, image_root: Path) -> None:
@@ -212,9 +263,8 @@ def test_knn_monitor_logs_teacher_accuracy(tmp_path: Path, image_root: Path) -> 
     assert 0.0 <= knn_rows[0]["knn_top1"] <= 100.0
     # The monitor computes k-NN exactly as the transfer harness: recompute from the exported teacher.
     from pretrain.knn_monitor import KNNMonitor
-    from ibot.vit import build_vit
 
-    vit = build_vit("vit_tiny", patch_size=8, img_size=32, embed_dim=64, depth=2, num_heads=2)
+    vit = build_vit("vit_tiny", **TINY)
     vit.load_state_dict(load_file(tmp_path / "w" / "teacher_backbone.pth")["state_dict"])
     mon = KNNMonitor(str(labelled), 32, k=5, batch_size=16, num_workers=0)
     assert abs(mon(vit, torch.device("cpu")) - knn_rows[0]["knn_top1"]) < 1e-6

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, shared_data_path
 from mmengine.config import Config
 
 from ibot.checkpoint import load_file
+from ibot.distributed import DistEnv
 from pretrain.checkpointing import checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint
-from pretrain.distributed import DistEnv
 from pretrain.engine import _sharded
 
-ROOT = Path(__file__).resolve().parents[1]
-CIFAR = ROOT.parent / "shared" / "data" / "cifar10" / "test"
+ROOT = REPO
 CONFIG = ROOT / "pretrain" / "configs" / "ibot_vit-tiny_cpu-test.py"
 ITERS = 8  # 32 images / global batch 8 × 2 epochs; epoch 0 freezes the last layer
 
@@ -30,14 +30,13 @@ ITERS = 8  # 32 images / global batch 8 × 2 epochs; epoch 0 freezes the last la
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """(32 CIFAR-10 images in 4 classes, a labelled train/val split of them for the k-NN monitor)."""
-    if not CIFAR.is_dir():
-        pytest.fail(f"real test images missing: {CIFAR} (the shared data folder must sit beside the repo)")
+    cifar = shared_data_path("cifar10", "test")
     base = tmp_path_factory.mktemp("data")
-    for cls in sorted(os.listdir(CIFAR))[:4]:
-        for i, f in enumerate(sorted(os.listdir(CIFAR / cls))[:8]):
+    for cls in sorted(os.listdir(cifar))[:4]:
+        for i, f in enumerate(sorted(os.listdir(cifar / cls))[:8]):
             for folder in (base / "imgs" / cls, base / "knn" / ("train" if i < 6 else "val") / cls):
                 folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(CIFAR / cls / f, folder / f)
+                shutil.copy(cifar / cls / f, folder / f)
     return base / "imgs", base / "knn"
 
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from mmengine.config import Config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 CONFIGS = sorted(p for p in (ROOT / "seg/configs").glob("*.py") if "_scenes-" not in p.name)  # paper recipes
 DEMO_CONFIGS = sorted((ROOT / "seg/configs").glob("*_scenes-*.py"))  # demo scale, on ibot.scenes data
 UPERNET = re.compile(r"upernet_vit-(?P<arch>[sb])16-ibot_deconv-ln_ld(?P<ld>[0-9.]+)_(?P<gpus>\d)xb(?P<batch>\d)"

@@ -244,7 +244,7 @@ def run_dense(task: str, ctx: HarnessContext) -> dict[str, Any]:
     ckpt = (work / "last_checkpoint").read_text().strip()
     metrics_file = ctx.out / "metrics.json"
     ctx.run(ctx.module("det.cli", "test", config, ckpt, *common, "--metrics-json", str(metrics_file), *options))
-    metrics = json.loads(metrics_file.read_text())
+    metrics = {k: v for k, v in read_record(metrics_file, kind="dense-metrics").items() if k != "schema"}
     metric = cfg.get("metric", "coco/bbox_mAP" if task == "det" else "mIoU")
     if metric not in metrics:
         raise HarnessError(f"metric {metric!r} not in {metrics_file}: {sorted(metrics)}")
