@@ -160,9 +160,9 @@ def test_coco_loads_with_pycocotools_and_masks_match(root: Path, manifest: dict)
 
 
 def test_mmdet_coco_dataset(root: Path, manifest: dict) -> None:
+    from mmcv.transforms import LoadImageFromFile
     from mmdet.datasets import CocoDataset
     from mmdet.datasets.transforms import LoadAnnotations
-    from mmcv.transforms import LoadImageFromFile
 
     for split, n in (("train", SMALL["n_scenes_train"]), ("val", SMALL["n_scenes_val"])):
         paths = manifest["paths"]["coco"][split]
