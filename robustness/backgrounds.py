@@ -35,6 +35,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ibot.images import BadImageError, open_rgb
+
 from .corruptions import sample_seed
 from .data import DataLayoutError, ImageList, list_image_folder, load_rgb, resize_center_crop, to_tensor
 from .engine import Cell, Predict, argmax_predict
@@ -137,10 +139,20 @@ class ForegroundSample:
 
 
 def _load_mask(path: str) -> np.ndarray:
+    """A foreground mask as float (H, W): ``.npy`` as stored, images (:func:`ibot.images.open_rgb`, 16-bit scaled)
+    as grey level / 255. A file that cannot be read raises :class:`ibot.images.BadImageError` naming it."""
     if path.endswith(".npy"):
-        return np.asarray(np.load(path), dtype=np.float32)
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+        try:
+            arr = np.asarray(np.load(path, allow_pickle=False), dtype=np.float32)
+        except (OSError, ValueError, TypeError) as exc:
+            raise BadImageError(f"cannot read mask {path!r}: {type(exc).__name__}: {exc}; "
+                                "replace or remove it") from exc
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 2:
+            raise BadImageError(f"mask {path!r} has shape {arr.shape}, expected (H, W); replace or remove it")
+        return arr
+    return np.asarray(open_rgb(path).convert("L"), dtype=np.float32) / 255.0
 
 
 class ForegroundImages(Dataset):
@@ -174,7 +186,8 @@ class ForegroundImages(Dataset):
         img = load_rgb(s.image)
         mask = Image.fromarray((_load_mask(s.mask) >= self.threshold).astype(np.uint8) * 255)
         if mask.size != img.size:
-            raise ValueError(f"mask {s.mask} is {mask.size}, image {s.image} is {img.size}")
+            raise ValueError(f"mask {s.mask} is {mask.size}, image {s.image} is {img.size}; a mask must have its "
+                             "image's size: fix or remove the pair")
         img = resize_center_crop(img, self.resize, self.crop)
         if self.resize is not None:
             mask = TF.resize(mask, self.resize, interpolation=InterpolationMode.NEAREST)

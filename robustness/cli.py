@@ -26,6 +26,12 @@ Examples::
     python -m robustness.cli dense det/configs/my_cascade.py work_dirs/my_cascade/epoch_12.pth \
        --out results/my_cascade_coco_c.json --trust-checkpoint
     python -m robustness.cli report results/ibot_vits16.json results/dino_vits16.json --out-dir report/
+
+Failure behaviour: flags, data layout, the result file and the model files are checked (and the model loaded) before
+anything is written, and nothing reaches --out before the first finished cell, so a refused or failed run leaves it
+byte-identical. Runs into one --out at the same time merge their cells (a lock on <out>.lock). Model files are
+identified by their SHA-256: a changed file is refused for stored cells (--restart or another --out). Bad input exits
+with one ``robustness.cli: error:`` line that names the file or flag and the fix (status 2).
 """
 from __future__ import annotations
 
@@ -40,7 +46,17 @@ from typing import Any
 
 import torch
 
-from ibot.checkpoint import describe_backbone, extract_backbone_state_dict, load_file, load_state_dict_report
+from ibot.checkpoint import (
+    CheckpointError,
+    CheckpointFormatError,
+    StateDictMismatchError,
+    describe_backbone,
+    extract_backbone_state_dict,
+    load_file,
+    load_state_dict_report,
+)
+from ibot.images import BadImageError
+from ibot.records import RecordError, file_sha256
 
 from . import backgrounds, imagenet_c, occlusion, ood
 from .classifier import (
@@ -51,12 +67,12 @@ from .classifier import (
     build_ibot_linear_classifier,
     shape_overrides,
 )
-from .data import ImageList, ImageListDataset, list_image_folder
+from .data import DataLayoutError, ImageList, ImageListDataset, list_image_folder
 from .engine import Cell, run_cells
-from .metrics import expand_corruptions
-from .store import ResultStore
+from .metrics import SEVERITIES, expand_corruptions
+from .store import ConfigMismatchError, ResultStore
 
-__all__ = ["build_classifier", "build_parser", "main"]
+__all__ = ["InputError", "build_classifier", "build_parser", "main", "run_command_line"]
 
 logger = logging.getLogger("robustness.cli")
 
@@ -66,11 +82,24 @@ logger = logging.getLogger("robustness.cli")
 _RUN_ONLY = {"out", "name", "batch_size", "workers", "device", "restart", "no_progress", "command", "cache_dir",
              "trust_checkpoint", "log_level", "threads", "corruptions", "severities", "modes", "levels", "variants",
              "imagenet_a", "imagenet_r", "imagenet_sketch"}
+#: Files identified by their content (SHA-256, config key ``<flag>_sha256``), not by path: a replaced file of the
+#: same size or at another path is recognised as what it is.
+_CONTENT_FILES = ("backbone", "head", "weights", "labels")
 #: Model flags that are stored resolved instead (``model``: the backbone's description, ``feature``: the spec), so
 #: the same weights give the same configuration whether the shape came from the file or from flags.
 _RESOLVED = {"arch", "patch_size", "img_size", "embed_dim", "depth", "num_heads", "n_last_blocks", "avgpool"}
 
 CellDone = Callable[..., None]
+
+
+class InputError(ValueError):
+    """A command-line value that cannot work (the message names the flag, the value and what to do)."""
+
+
+#: Errors of bad input that ``run_command_line`` reports as one line (exit status 2) instead of a traceback.
+_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    InputError, RecordError, ConfigMismatchError, BadImageError, DataLayoutError, CheckpointError,
+    CheckpointFormatError, StateDictMismatchError, FileNotFoundError, IsADirectoryError, PermissionError)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -135,30 +164,39 @@ def build_classifier(args: argparse.Namespace) -> ImageClassifier:
     return ImageClassifier(model, args.mean, args.std)  # patch size read from the backbone
 
 
-def _file_id(path: str | None) -> str | None:
-    if path is None:
-        return None
-    st = os.stat(path)
-    return f"{os.path.realpath(path)}:{st.st_size}"
-
-
-def _group_config(args: argparse.Namespace, classifier: ImageClassifier) -> dict[str, Any]:
-    """What the group's results depend on: the flags (files by path and size) and the resolved model."""
-    config = {k: v for k, v in vars(args).items() if k not in _RUN_ONLY | _RESOLVED and not callable(v)}
-    for key in ("backbone", "head", "weights"):
-        config[key] = _file_id(config.get(key))
+def _group_config(args: argparse.Namespace, classifier: ImageClassifier) -> tuple[dict[str, Any], dict[str, str]]:
+    """What the group's results depend on: the flags, every input file by the SHA-256 of its content
+    (``backbone_sha256``, ``head_sha256``, ``weights_sha256``, ``labels_sha256``) and the resolved model; and
+    ``{config key: file path}`` of those files (named when a re-run finds them changed)."""
+    config = {k: v for k, v in vars(args).items()
+              if k not in _RUN_ONLY | _RESOLVED | set(_CONTENT_FILES) and not callable(v)}
+    report = getattr(classifier.model, "backbone_report", None)
+    files: dict[str, str] = {}
+    for key in _CONTENT_FILES:
+        if not hasattr(args, key):  # --labels exists for occlusion / backgrounds only
+            continue
+        path = getattr(args, key)
+        digest = None
+        if path is not None:
+            files[f"{key}_sha256"] = os.fspath(path)
+            digest = report.sha256 if key == "backbone" and report is not None else file_sha256(path)
+        config[f"{key}_sha256"] = digest
     if config.get("grid") is not None:
         config["grid"] = "x".join(map(str, config["grid"]))
     if isinstance(classifier.model, BackboneWithLinearHead):
         config["model"] = describe_backbone(classifier.model.backbone)
         config["feature"] = classifier.model.feature.to_dict()
-    return config
+    return config, files
 
 
-def _run_meta(classifier: ImageClassifier) -> dict[str, Any]:
-    """Provenance kept in the result file: the backbone file's SHA-256, description and load report."""
+def _run_meta(args: argparse.Namespace, classifier: ImageClassifier) -> dict[str, Any]:
+    """Provenance kept in the result file: the backbone file's SHA-256, description and load report, and the paths
+    of the other model files (their SHA-256 is in each group's configuration)."""
     report = getattr(classifier.model, "backbone_report", None)
-    return {"backbone": report.to_dict()} if report is not None else {}
+    meta: dict[str, Any] = {"backbone": report.to_dict()} if report is not None else {}
+    meta.update({f"{key}_file": os.fspath(getattr(args, key)) for key in ("head", "weights")
+                 if getattr(args, key, None) is not None})
+    return meta
 
 
 # ------------------------------------------------------------------------------------------------ benchmarks
@@ -166,7 +204,76 @@ def _corruption_list(names: Sequence[str]) -> list[str]:
     try:
         return expand_corruptions(names)
     except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
+        raise InputError(f"--corruptions: {exc}") from exc
+
+
+def _check_severities(severities: Sequence[int]) -> None:
+    bad = [s for s in severities if s not in SEVERITIES]
+    if bad or not severities:
+        raise InputError(f"--severities: {bad if bad else 'none given'} not in 1..5 (ImageNet-C severities); "
+                         "pass values from 1 2 3 4 5")
+
+
+def _check_file(flag: str, path: str | None) -> None:
+    if path is not None and not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise InputError(f"{flag} {path} is a folder; pass a file")
+        raise FileNotFoundError(f"{flag} {path} does not exist; pass an existing file")
+
+
+def _validate_classification(args: argparse.Namespace) -> None:
+    """Every flag checked before any file is read or written (model files: existence; contents load next)."""
+    positive = {"--batch-size": args.batch_size, "--per-class": args.per_class, "--limit": args.limit,
+                "--threads": args.threads, "--num-classes": args.num_classes}
+    for flag, value in positive.items():
+        if value is not None and value < 1:
+            raise InputError(f"{flag} must be at least 1, got {value}")
+    for flag, value in {"--workers": args.workers, "--resize": args.resize, "--crop": args.crop}.items():
+        if value is not None and value < 0:
+            raise InputError(f"{flag} must be 0 or more, got {value}")
+    if min(args.std) <= 0:
+        raise InputError(f"--std values must be positive, got {args.std}")
+    if args.timm and args.torchvision:
+        raise InputError("--timm and --torchvision exclude each other; pass one")
+    if (args.timm or args.torchvision) and (args.backbone or args.head):
+        raise InputError("--backbone / --head describe the iBOT model; with --timm / --torchvision pass --weights")
+    if args.weights and not (args.timm or args.torchvision):
+        raise InputError("--weights is for --timm / --torchvision models; an iBOT model takes --backbone / --head")
+    if not (args.timm or args.torchvision) and args.head is None and args.num_classes is None:
+        raise InputError("no --head: pass a linear-head file (or --num-classes N for a random head, tests only)")
+    for flag, path in (("--backbone", args.backbone), ("--head", args.head), ("--weights", args.weights),
+                       ("--labels", getattr(args, "labels", None))):
+        _check_file(flag, path)
+    if args.out and os.path.isdir(args.out):
+        raise InputError(f"--out {args.out} is a folder; pass a result file path (e.g. {args.out}/model.json)")
+    if args.command == "imagenet-c":
+        _corruption_list(args.corruptions)
+        _check_severities(args.severities)
+        if args.jpeg_quality is not None and not 1 <= args.jpeg_quality <= 100:
+            raise InputError(f"--jpeg-quality must be in 1..100 (the release used 85), got {args.jpeg_quality}")
+    if args.command == "occlusion":
+        bad = [lv for lv in args.levels if not 0.0 <= lv <= 1.0]
+        if bad:
+            raise InputError(f"--levels {bad}: information loss is a fraction in [0, 1]")
+        if min(args.grid) < 1:
+            raise InputError(f"--grid must be two positive numbers, got {args.grid}")
+        mask_modes = [m for m in args.modes if m.endswith("_mask")]
+        if mask_modes and not args.images:
+            raise InputError(f"--modes {mask_modes} need foreground masks: pass --images DIR --masks DIR")
+        if args.head_index is not None and args.head_index < 0:
+            raise InputError(f"--head-index must be 0 or more, got {args.head_index}")
+    if getattr(args, "images", None) and not getattr(args, "masks", None):
+        raise InputError("--images needs --masks DIR (foreground masks with the same file stems)")
+
+
+def _check_model_fits(args: argparse.Namespace, classifier: ImageClassifier) -> None:
+    """Fail before evaluating when the model cannot run what was asked (salient occlusion needs attention)."""
+    if args.command == "occlusion":
+        salient = [m for m in args.modes if m in ("salient", "non_salient")]
+        if salient and not classifier.has_attention:
+            raise InputError(f"--modes {salient} rank patches by the model's [CLS] attention, which "
+                             f"{type(classifier.model).__name__} does not expose; use --modes random (or the *_mask "
+                             "modes with --images / --masks)")
 
 
 def _subset(images: ImageList, args: argparse.Namespace) -> ImageList:
@@ -174,10 +281,18 @@ def _subset(images: ImageList, args: argparse.Namespace) -> ImageList:
 
 
 def _labels(path: str | None) -> dict[str, int] | None:
+    """``--labels``: a JSON object ``{image stem: integer label}``."""
     if path is None:
         return None
-    with open(path) as f:
-        return {str(k): int(v) for k, v in json.load(f).items()}
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+        if not isinstance(obj, dict):
+            raise TypeError(f"a JSON {type(obj).__name__}, not an object")
+        return {str(k): int(v) for k, v in obj.items()}
+    except (ValueError, TypeError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"--labels {path}: not a JSON object {{image stem: integer label}} ({exc}); "
+                         "fix the file or pass another") from exc
 
 
 def cells_imagenet_c(args: argparse.Namespace) -> tuple[str, list[Cell]]:
@@ -240,10 +355,14 @@ def run_classification(args: argparse.Namespace, on_cell_done: CellDone | None =
     args.crop = args.crop or None
     if args.command == "backgrounds" and args.released:
         args.resize = None  # the release is evaluated with ToTensor() only
-    group, cells = args.build(args)
-    classifier = build_classifier(args)  # before touching the result file: a bad checkpoint changes nothing
-    store = ResultStore(args.out, model=args.name, meta=_run_meta(classifier))
-    store.open_group(group, _group_config(args, classifier), restart=args.restart)
+    _validate_classification(args)
+    group, cells = args.build(args)  # reads the data layout
+    ResultStore(args.out)  # an unreadable result file is refused before the model loads
+    classifier = build_classifier(args)
+    _check_model_fits(args, classifier)
+    config, files = _group_config(args, classifier)
+    store = ResultStore(args.out, model=args.name, meta=_run_meta(args, classifier))
+    store.open_group(group, config, restart=args.restart, files=files)  # checks only: written with the first cell
     cells_done = run_cells(classifier, cells, store, group, batch_size=args.batch_size, num_workers=args.workers,
                            device=args.device, progress=not args.no_progress, on_cell_done=on_cell_done)
     logger.info("%s: %d cells in %s", group, len(cells_done), args.out)
@@ -355,9 +474,14 @@ def _print_dense_summary(summary: dict) -> None:
 
 def run_dense_command(args: argparse.Namespace, on_cell_done: CellDone | None = None) -> dict:
     """``dense``: evaluate the config's cells (mmengine; imported only here) and print P / mPC / rPC on rank 0."""
+    corruptions = _corruption_list(args.corruptions)
+    _check_severities(args.severities)
+    _check_file("config", args.config)
+    _check_file("checkpoint", args.checkpoint)
+    if os.path.isdir(args.out):
+        raise InputError(f"--out {args.out} is a folder; pass a result file path (e.g. {args.out}/model.json)")
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
-    corruptions = _corruption_list(args.corruptions)
     from mmengine.dist import is_main_process
 
     from .dense import DenseSettings, run_dense
@@ -444,10 +568,23 @@ def main(argv: Sequence[str] | None = None, on_cell_done: CellDone | None = None
     """Run one command; return its cells (classification), P / mPC / rPC summary (``dense``) or report summary.
 
     ``on_cell_done(key, record)`` (``dense``: ``(key, record, runner)``) is called after each cell is stored.
+    Errors are raised (see :func:`run_command_line` for the command-line behaviour).
     """
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     return args.run(args, on_cell_done)
 
 
+def run_command_line(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` for a shell: bad input (an unreadable or mismatched result file, a bad image, model file or
+    flag) is printed as one ``error:`` line naming the file and the fix, with exit status 2; other errors keep their
+    traceback."""
+    try:
+        main(argv)
+    except _INPUT_ERRORS as exc:
+        print(f"robustness.cli: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command_line())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -28,10 +29,13 @@ from torch.utils.data import Dataset
 
 from ibot.atomic import atomic_write
 from ibot.compat.imagecorruptions import corrupt
+from ibot.images import BadImageError, open_rgb
 
 from .data import ImageList, list_image_folder, load_rgb, resize_center_crop, to_tensor
 
 __all__ = ["CorruptedImages", "released_imagenet_c", "sample_seed"]
+
+logger = logging.getLogger(__name__)
 
 
 def sample_seed(*parts: object) -> int:
@@ -91,8 +95,10 @@ class CorruptedImages(Dataset):
         if self.cache_dir is not None:
             cached = self._cache_path(s.key)
             if cached.is_file():
-                with Image.open(cached) as im:
-                    return np.asarray(im.convert("RGB"))
+                try:
+                    return np.asarray(open_rgb(cached))
+                except BadImageError as exc:  # e.g. a file damaged outside this tool: recompute and replace it
+                    logger.warning("%s; recomputing it", exc)
         img = np.asarray(resize_center_crop(load_rgb(s.path), self.resize, self.crop))
         if self.severity == 0:
             return img

@@ -20,6 +20,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ibot.images import BadImageError, open_rgb
+
 __all__ = [
     "IMG_EXTENSIONS",
     "DataLayoutError",
@@ -143,8 +145,15 @@ def list_image_folder(root: str | os.PathLike[str], label_space: str | Mapping[s
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """The suite's one image reader (:func:`ibot.images.open_rgb`): 8-bit RGB, 16-bit / float images scaled rather
+    than clipped; a missing, unreadable or decompression-bomb file raises :class:`ibot.images.BadImageError` naming
+    it and what to do."""
+    try:
+        return open_rgb(path)
+    except BadImageError as exc:
+        if "remove" in str(exc):
+            raise
+        raise BadImageError(f"{exc}; replace the file or remove it from the data folder") from exc
 
 
 def resize_center_crop(img: Image.Image, resize: int | None, crop: int | None) -> Image.Image:

@@ -37,7 +37,9 @@ import numpy as np
 from mmcv.transforms import BaseTransform
 from mmengine.registry import TRANSFORMS
 
+from ibot.checkpoint import CheckpointFormatError
 from ibot.compat.imagecorruptions import corrupt
+from ibot.records import file_sha256
 
 from .corruptions import sample_seed
 from .engine import progress_bar
@@ -136,11 +138,6 @@ def _dataset_cfg(loader_cfg: Any) -> Any:
     return ds
 
 
-def _file_digest(path: str | os.PathLike[str]) -> str:
-    st = os.stat(path)
-    return f"{os.path.realpath(path)}:{st.st_size}:{int(st.st_mtime)}"
-
-
 def _task_of(cfg: Any) -> str:
     scope = cfg.get("default_scope")
     if scope == "mmdet":
@@ -183,11 +180,25 @@ class DenseSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        """Every setting is checked here, before any config, checkpoint or result file is touched."""
+        if isinstance(self.corruptions, str) or not self.corruptions:
+            raise ValueError(f"corruptions must be a non-empty list of names, got {self.corruptions!r}")
         bad = [c for c in self.corruptions if c not in ALL_CORRUPTIONS]
         if bad:
-            raise ValueError(f"unknown corruptions {bad}")
+            raise ValueError(f"unknown corruptions {bad}; choose from {list(ALL_CORRUPTIONS)} (the CLI also takes "
+                             "the groups benchmark / extra / all / noise / blur / weather / digital)")
+        bad_sev = [s for s in self.severities if isinstance(s, bool) or s not in SEVERITIES]
+        if bad_sev or not self.severities:
+            raise ValueError(f"severities {bad_sev if bad_sev else 'none given'}: must be in 1..5 (ImageNet-C "
+                             f"severities); got {list(self.severities)}")
         if self.task is not None and self.task not in DEFAULT_METRICS:
             raise ValueError(f"task must be one of {sorted(DEFAULT_METRICS)}, got {self.task!r}")
+        if self.launcher not in ("none", "pytorch", "slurm", "mpi"):
+            raise ValueError(f"launcher must be none / pytorch / slurm / mpi, got {self.launcher!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.corrupt_after is not None and (not isinstance(self.corrupt_after, str) or not self.corrupt_after):
+            raise ValueError(f"corrupt_after must be a pipeline step type name, got {self.corrupt_after!r}")
 
 
 #: One cell: (key, corruption, severity); ``('clean', None, 0)`` is the uncorrupted one.
@@ -206,13 +217,17 @@ def _install_compat(checkpoint: str | os.PathLike[str] | None, trust: bool) -> N
 
 
 def _load_config(config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None, out: Path,
-                 settings: DenseSettings) -> tuple[Any, str]:
-    """The mmengine config, ready for a test run of ``checkpoint``, and its task (``det_c`` / ``seg_c``)."""
+                 settings: DenseSettings) -> tuple[Any, str, str]:
+    """The mmengine config, ready for a test run of ``checkpoint``, its task (``det_c`` / ``seg_c``) and the digest
+    of what it evaluates (the config with ``cfg_options`` applied, before the run's paths and launcher are set)."""
     from mmengine.config import Config
 
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"config {os.fspath(config)} does not exist; pass an mmdet / mmseg config file")
     cfg = Config.fromfile(os.fspath(config))
     if settings.cfg_options:
         cfg.merge_from_dict(dict(settings.cfg_options))
+    digest = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
     task = settings.task or _task_of(cfg)
     # the config must import this module so that CorruptRGB is registered in the data-loader workers too
     imports = cfg.get("custom_imports", {}) or {}
@@ -222,23 +237,38 @@ def _load_config(config: str | os.PathLike[str], checkpoint: str | os.PathLike[s
     cfg.resume = False
     cfg.launcher = settings.launcher
     cfg.work_dir = os.fspath(settings.work_dir or out.parent / "work_dirs" / out.stem)
-    return cfg, task
+    return cfg, task, digest
 
 
-def _open_store(out: Path, config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None, cfg: Any,
-                task: str, settings: DenseSettings, writable: bool) -> ResultStore:
-    """The result file with the task's group opened under what changes results (config, weights, seed, placement)."""
-    store = ResultStore(out, model=settings.model_name or Path(os.fspath(config)).stem, writable=writable,
+def _open_store(out: Path, config: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None,
+                config_digest: str, task: str, settings: DenseSettings) -> ResultStore:
+    """The result file with the task's group opened (checked, not written) under what changes results: the
+    config's content, the checkpoint's SHA-256, the seed and the corruption's placement. Not writable yet: the
+    caller enables writing on rank 0 once the distributed environment is up."""
+    store = ResultStore(out, model=settings.model_name or Path(os.fspath(config)).stem, writable=False,
                         meta={f"{task}_config": os.fspath(config),
                               f"{task}_checkpoint": os.fspath(checkpoint) if checkpoint else None})
     group_cfg = {
-        "config_sha1": hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16],
-        "checkpoint": _file_digest(checkpoint) if checkpoint is not None else None,
+        "config_sha1": config_digest,
+        "checkpoint_sha256": file_sha256(checkpoint) if checkpoint is not None else None,
         "seed": settings.seed,
         "corrupt_after": settings.corrupt_after,
     }
-    store.open_group(task, group_cfg, restart=settings.restart)
+    files = {"checkpoint_sha256": os.fspath(checkpoint)} if checkpoint is not None else {}
+    store.open_group(task, group_cfg, restart=settings.restart, files=files)
     return store
+
+
+def _check_checkpoint(checkpoint: str | os.PathLike[str]) -> None:
+    """Read the checkpoint the way the runner will (mmengine's loader, the trust policy of :func:`_install_compat`)
+    so that a bad file fails before the model is built and before anything is written."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    ckpt = CheckpointLoader.load_checkpoint(os.fspath(checkpoint), map_location="cpu")
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, Mapping) else None
+    if not isinstance(state, Mapping) or not any(hasattr(v, "shape") for v in state.values()):
+        raise CheckpointFormatError(f"checkpoint {os.fspath(checkpoint)} holds no state dict (no tensors at the top "
+                                    "level nor under 'state_dict'); pass the weights file the config was trained into")
 
 
 def _pending_cells(store: ResultStore, task: str, settings: DenseSettings) -> list[_DenseCell]:
@@ -287,15 +317,24 @@ def run_dense(
     from mmengine.dist import is_main_process
     from mmengine.runner import Runner
 
+    # everything is checked before the model is built and before anything is written: settings (DenseSettings),
+    # config, pipeline placement, result file and its group configuration, checkpoint
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint {os.fspath(checkpoint)} does not exist; pass the model's weights file")
     _install_compat(checkpoint, settings.trust_checkpoint)
     out = Path(out)
-    cfg, task = _load_config(config, checkpoint, out, settings)
+    cfg, task, digest = _load_config(config, checkpoint, out, settings)
     if task not in DEFAULT_METRICS:
         raise ValueError(f"task must be one of {sorted(DEFAULT_METRICS)}, got {task!r}")
     base_pipeline = list(_dataset_cfg(cfg.test_dataloader)["pipeline"])
+    insert_corruption(base_pipeline, settings.corruptions[0], settings.severities[0], seed=settings.seed,
+                      after=settings.corrupt_after)  # a --corrupt-after step the pipeline lacks fails now
+    store = _open_store(out, config, checkpoint, digest, task, settings)
+    if checkpoint is not None:
+        _check_checkpoint(checkpoint)
     runner = Runner.from_cfg(cfg)
     main = is_main_process()
-    store = _open_store(out, config, checkpoint, cfg, task, settings, writable=main)
+    store.writable = main
     pending = _pending_cells(store, task, settings)
     with progress_bar(settings.progress and main and bool(pending), len(pending), task, "cell") as bar:
         for cell in pending:

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Final
 
-from ibot.records import schema_tag, write_record
+from ibot.records import RecordError, schema_tag, write_record
 from ibot.report import Page
 
 from . import backgrounds, imagenet_c, occlusion, ood
@@ -50,7 +50,7 @@ def summarize_results(data: Mapping[str, Any], *, baseline: Mapping[str, Any] | 
             kw = dict(baseline=base, baseline_clean_err=base_clean)
         s = imagenet_c.summarize(groups[imagenet_c.GROUP]["cells"], **kw)
         if baseline is not None:
-            s["baseline"] = f"{baseline.get('model')} (evaluated in this harness)"
+            s["baseline"] = f"{_one_line(baseline.get('model'))} (evaluated in this harness)"
         s["config"] = groups[imagenet_c.GROUP].get("config", {})
         out["imagenet_c"] = s
     if occlusion.GROUP in groups:
@@ -70,6 +70,24 @@ def summarize_results(data: Mapping[str, Any], *, baseline: Mapping[str, Any] | 
 
 
 # ------------------------------------------------------------------------------------------------ formatting
+def _one_line(text: Any) -> str:
+    """Text from a result file (a model name, a config value) for display: control characters and line breaks become
+    spaces, runs of whitespace one space (a name cannot start a heading, list or table row in the Markdown page;
+    ``|``, ``<`` and ``>`` are escaped by :class:`ibot.report.Page`)."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(text)).split())
+
+
+def _label(s: Mapping[str, Any]) -> str:
+    """The display name of a model summary."""
+    return _one_line(s["model"])
+
+
+def _plot_label(text: str) -> str:
+    """A legend label shown literally: ``$`` would start matplotlib mathtext, a leading ``_`` hides the entry."""
+    text = _one_line(text).replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def _pct(x: float | None, digits: int = 1) -> str:
     return "–" if x is None else f"{100.0 * x:.{digits}f}"
 
@@ -104,7 +122,8 @@ def _grid_plot(series: Mapping[str, Mapping[str, Mapping[str, float]]], names: S
                 continue
             pts = sorted((int(s), v) for s, v in per_c[name].items())
             scale = 100.0 if percent else 1.0
-            (line,) = ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o", ms=3, label=model)
+            (line,) = ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o", ms=3,
+                              label=_plot_label(model))
             ref = (clean or {}).get(model)
             if ref is not None:
                 ax.axhline(scale * ref, color=line.get_color(), ls=":", lw=1)
@@ -158,7 +177,7 @@ def _section_overview(page: Page, summaries: Sequence[dict]) -> None:
     if not header:
         return
     page.heading("Overview")
-    page.table(["Model"] + header, [[s["model"]] + [cols.get(h, "–") for h in header]
+    page.table(["Model"] + header, [[_label(s)] + [cols.get(h, "–") for h in header]
                                    for s, cols in zip(summaries, per_model)])
     page.para("Accuracies and errors in %; occlusion at information loss 0.5; ↓ = lower is better. Details and "
              "protocol notes in the sections below.")
@@ -172,7 +191,7 @@ def _section_imagenet_c(page: Page, summaries: Sequence[dict]) -> None:
     rows = []
     for s in models:
         c = s["imagenet_c"]
-        rows.append([s["model"], _pct(c["clean_err"]), _num(c["mce"]), _num(c["relative_mce"]),
+        rows.append([_label(s), _pct(c["clean_err"]), _num(c["mce"]), _num(c["relative_mce"]),
                      _pct(c["mean_err_15"]), _pct(c["mean_err_19"]), c["baseline"]])
     page.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", "CE normalised by"], rows)
     page.para("Errors are top-1 in %. mCE = mean over the 15 benchmark corruptions of CE_c = 100 · mean_s err / "
@@ -183,18 +202,18 @@ def _section_imagenet_c(page: Page, summaries: Sequence[dict]) -> None:
              "same way (--baseline) for a like-for-like CE.")
     present = [c for c in BENCHMARK_CORRUPTIONS if any(c in s["imagenet_c"]["corruption_err"] for s in models)]
     page.table(["Model (err %)"] + [_SHORT[c] for c in present],
-              [[s["model"]] + [_pct(s["imagenet_c"]["corruption_err"].get(c)) for c in present] for s in models])
+              [[_label(s)] + [_pct(s["imagenet_c"]["corruption_err"].get(c)) for c in present] for s in models])
     if any(s["imagenet_c"]["ce"] for s in models):
         page.table(["Model (CE)"] + [_SHORT[c] for c in present],
-                  [[s["model"]] + [_num(s["imagenet_c"]["ce"].get(c)) for c in present] for s in models])
+                  [[_label(s)] + [_num(s["imagenet_c"]["ce"].get(c)) for c in present] for s in models])
     extra = [c for c in EXTRA_CORRUPTIONS if any(c in s["imagenet_c"]["extra"]["corruption_err"] for s in models)]
     if extra:
         page.heading("Extra (hold-out) corruptions — not part of mCE", 3)
         page.table(["Model (err %)"] + [_SHORT[c] for c in extra] + ["mean"],
-                  [[s["model"]] + [_pct(s["imagenet_c"]["extra"]["corruption_err"].get(c)) for c in extra]
+                  [[_label(s)] + [_pct(s["imagenet_c"]["extra"]["corruption_err"].get(c)) for c in extra]
                    + [_pct(s["imagenet_c"]["extra"]["mean_err"])] for s in models])
-    series = {s["model"]: s["imagenet_c"]["errors"] for s in models}
-    clean = {s["model"]: s["imagenet_c"]["clean_err"] for s in models}
+    series = {_label(s): s["imagenet_c"]["errors"] for s in models}
+    clean = {_label(s): s["imagenet_c"]["clean_err"] for s in models}
     page.figure(_grid_plot(series, ALL_CORRUPTIONS, "top-1 err (%)", "ImageNet-C: error vs severity (dotted: clean)",
                           clean=clean),
                "imagenet_c_error_vs_severity", "ImageNet-C top-1 error vs severity, per corruption")
@@ -210,13 +229,12 @@ def _section_occlusion(page: Page, summaries: Sequence[dict]) -> None:
     for s in models:
         for mode, c in sorted(s["occlusion"]["curves"].items()):
             acc = dict(zip(c["level"], c["acc"]))
-            rows.append([s["model"], mode] + [_pct(acc.get(lv)) for lv in levels])
+            rows.append([_label(s), mode] + [_pct(acc.get(lv)) for lv in levels])
     page.table(["Model", "mode"] + [f"IL {lv:.1f}" for lv in levels], rows)
     cfg = models[0]["occlusion"].get("config", {})
-    page.para(f"Top-1 accuracy (%) after dropping a fraction of a {cfg.get('grid', '?')} patch grid (information loss, "
-             f"IL). Dropped pixels: {cfg.get('fill', '?')}. salient / non_salient rank patches by the model's "
-             "last-block "
-             "[CLS] attention on the clean image (*_mask: by the foreground mask).")
+    page.para(f"Top-1 accuracy (%) after dropping a fraction of a {_one_line(cfg.get('grid', '?'))} patch grid "
+             f"(information loss, IL). Dropped pixels: {_one_line(cfg.get('fill', '?'))}. salient / non_salient rank "
+             "patches by the model's last-block [CLS] attention on the clean image (*_mask: by the foreground mask).")
     plt = _plt()
     modes = sorted({m for s in models for m in s["occlusion"]["curves"]})
     fig, axes = plt.subplots(1, len(modes), figsize=(3.4 * len(modes), 2.8), squeeze=False, sharey=True)
@@ -224,7 +242,8 @@ def _section_occlusion(page: Page, summaries: Sequence[dict]) -> None:
         for s in models:
             c = s["occlusion"]["curves"].get(mode)
             if c:
-                ax.plot(c["info_loss"], [100 * a for a in c["acc"]], marker="o", ms=3, label=s["model"])
+                ax.plot(c["info_loss"], [100 * a for a in c["acc"]], marker="o", ms=3,
+                        label=_plot_label(_label(s)))
         ax.set_title(mode)
         ax.set_xlabel("information loss")
         ax.grid(alpha=0.3)
@@ -241,7 +260,7 @@ def _section_backgrounds(page: Page, summaries: Sequence[dict]) -> None:
     page.heading("Background shift (ImageNet-9 variants)")
     variants = [v for v in backgrounds.IN9_VARIANTS if any(v in s["backgrounds"]["acc"] for s in models)]
     page.table(["Model"] + [_VARIANT_TITLES[v] for v in variants] + ["BG-Gap"],
-              [[s["model"]] + [_pct(s["backgrounds"]["acc"].get(v)) for v in variants]
+              [[_label(s)] + [_pct(s["backgrounds"]["acc"].get(v)) for v in variants]
                + [_pct(s["backgrounds"]["bg_gap"])] for s in models])
     page.para("Top-1 accuracy (%). BG-Gap = Mixed-Same − Mixed-Rand (percentage points; smaller = less reliance on "
              "background correlations).")
@@ -250,7 +269,8 @@ def _section_backgrounds(page: Page, summaries: Sequence[dict]) -> None:
     width = 0.8 / len(models)
     for k, s in enumerate(models):
         xs = [i + (k - (len(models) - 1) / 2) * width for i in range(len(variants))]
-        ax.bar(xs, [100 * s["backgrounds"]["acc"].get(v, float("nan")) for v in variants], width, label=s["model"])
+        ax.bar(xs, [100 * s["backgrounds"]["acc"].get(v, float("nan")) for v in variants], width,
+               label=_plot_label(_label(s)))
     ax.set_xticks(range(len(variants)), [_VARIANT_TITLES[v] for v in variants], rotation=30, ha="right")
     ax.set_ylabel("top-1 acc (%)")
     ax.grid(axis="y", alpha=0.3)
@@ -266,7 +286,7 @@ def _section_ood(page: Page, summaries: Sequence[dict]) -> None:
     page.heading("Out-of-distribution test sets")
     sets = [k for k in ood.OOD_SETS if any(k in s["ood"]["acc"] for s in models)]
     page.table(["Model"] + [_OOD_TITLES[k] for k in sets],
-              [[s["model"]] + [_pct(s["ood"]["acc"].get(k)) for k in sets] for s in models])
+              [[_label(s)] + [_pct(s["ood"]["acc"].get(k)) for k in sets] for s in models])
     page.para("Top-1 accuracy (%). IN-A and IN-R: logits restricted to their 200 ImageNet classes.")
 
 
@@ -278,7 +298,7 @@ def _section_dense(page: Page, summaries: Sequence[dict], task: str, title: str)
     rows = []
     for s in models:
         for metric, d in s[task].items():
-            rows.append([s["model"], metric, _num(d["P"], 3), _num(d["mPC"], 3), _num(d["rPC"]),
+            rows.append([_label(s), metric, _num(d["P"], 3), _num(d["mPC"], 3), _num(d["rPC"]),
                          "yes" if d["complete"] else f"no ({d['n_cells']} of 75 cells)"])
     page.table(["Model", "metric", "P", "mPC", "rPC (%)", "all 15 × 5"], rows)
     page.para("P = clean performance, mPC = mean over the 15 benchmark corruptions × severities 1–5, rPC = mPC / P "
@@ -287,18 +307,29 @@ def _section_dense(page: Page, summaries: Sequence[dict], task: str, title: str)
     series: dict[str, Mapping[str, Mapping[str, float]]] = {}
     clean: dict[str, float | None] = {}
     for metric in metrics:
-        per = {s["model"]: s[task][metric]["per_corruption"] for s in models if metric in s[task]}
+        per = {_label(s): s[task][metric]["per_corruption"] for s in models if metric in s[task]}
         present = [c for c in ALL_CORRUPTIONS if any(c in p for p in per.values())]
         page.table([f"Model ({metric})"] + [_SHORT[c] for c in present],
                   [[m] + [_num(p.get(c), 3) for c in present] for m, p in per.items()])
         for s in models:
             if metric in s[task]:
-                label = s["model"] if len(metrics) == 1 else f"{s['model']} · {metric}"
+                label = _label(s) if len(metrics) == 1 else f"{_label(s)} · {_one_line(metric)}"
                 series[label] = s[task][metric]["cells"]
                 clean[label] = s[task][metric]["P"]
     page.figure(_grid_plot(series, ALL_CORRUPTIONS, "value", f"{title}: metric vs severity (dotted: clean)",
                           percent=False, clean=clean),
                f"{task}_vs_severity", f"{', '.join(metrics)} vs severity, per corruption")
+
+
+def _summarize_file(path: str | os.PathLike[str], baseline: Mapping[str, Any] | None) -> dict:
+    """:func:`summarize_results` of one file; cells that are not what the benchmarks write name the file."""
+    data = load_results(path)
+    try:
+        return summarize_results(data, baseline=baseline)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise RecordError(f"{os.fspath(path)}: its cells cannot be summarised ({type(exc).__name__}: {exc}); the file "
+                          "is damaged or was edited by hand: re-run the benchmark with --restart into it, restore it "
+                          "from a backup, or leave it out of the report") from exc
 
 
 def build_report(result_files: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str], *,
@@ -308,10 +339,13 @@ def build_report(result_files: Sequence[str | os.PathLike[str]], out_dir: str | 
     if not result_files:
         raise ValueError("no result files")
     baseline = load_results(baseline_file) if baseline_file is not None else None
-    summaries = [summarize_results(load_results(p), baseline=baseline) for p in result_files]
+    if baseline is not None and not baseline["groups"].get(imagenet_c.GROUP, {}).get("cells"):
+        raise RecordError(f"{baseline_file}: key 'groups.{imagenet_c.GROUP}' holds no cells, so it cannot normalise "
+                          "ImageNet-C CE; pass the result file of a baseline evaluated with robustness.cli imagenet-c")
+    summaries = [_summarize_file(p, baseline) for p in result_files]  # every file read before anything is written
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = _build_page(title, summaries, f"Generated {stamp} from {len(result_files)} result file(s): "
-                       + ", ".join(f"{s['model']}" for s in summaries) + ".")
+                       + ", ".join(f"{_label(s)}" for s in summaries) + ".")
     out_dir = Path(out_dir)
     page.write(out_dir)
     summary = {"title": title, "generated": stamp, "models": summaries, "plots": list(page.figures),

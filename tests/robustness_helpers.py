@@ -1,5 +1,5 @@
-"""Plain helpers of the robustness tests (fixtures live in conftest.py): a tiny ViT classifier, a check of the
-self-contained HTML report, and the tools / data paths."""
+"""Plain helpers of the robustness tests (fixtures live in conftest.py): a tiny ViT classifier, tiny model files and
+image folders for command-line runs, a check of the self-contained HTML report, and the tools / data paths."""
 from __future__ import annotations
 
 import base64
@@ -8,14 +8,18 @@ from html.parser import HTMLParser
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import torch
 from conftest import REPO, shared_data_path
+from PIL import Image
 
+from ibot.checkpoint import describe_backbone, save_backbone, save_file
 from ibot.features import FeatureSpec
 from ibot.vit import build_vit
 from robustness.classifier import BackboneWithLinearHead, ImageClassifier
 
-__all__ = ["REPO", "check_html_report", "load_tool", "shared_data_path", "tiny_vit_classifier"]
+__all__ = ["REPO", "check_html_report", "load_tool", "png_folder", "shared_data_path", "tiny_model_files",
+           "tiny_vit_classifier"]
 
 
 def load_tool(name: str) -> ModuleType:
@@ -33,6 +37,31 @@ def tiny_vit_classifier(num_classes: int = 10, img_size: int = 32, patch_size: i
     vit = build_vit("vit_tiny", depth=depth, patch_size=patch_size, img_size=img_size, pos_interp="size")
     model = BackboneWithLinearHead(vit, num_classes, FeatureSpec(1, "cls")).eval()
     return ImageClassifier(model, patch_size=patch_size)
+
+
+def tiny_model_files(folder: Path, seed: int = 0, num_classes: int = 10) -> tuple[Path, Path]:
+    """``(backbone.pth, head.pth)`` in ``folder``: a self-describing ViT-Tiny (depth 2, patch 4, 32 px) and a linear
+    head with a 'feature' entry, so ``--backbone B --head H`` needs no shape flag. Another ``seed`` gives files of
+    the same size with other weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    vit = build_vit("vit_tiny", depth=2, patch_size=4, img_size=32)
+    backbone, head = folder / "backbone.pth", folder / "head.pth"
+    save_backbone(backbone, vit.state_dict(), describe_backbone(vit))
+    save_file({"weight": torch.randn(num_classes, 192), "bias": torch.randn(num_classes),
+               "feature": FeatureSpec(1, "cls").to_dict()}, head)
+    return backbone, head
+
+
+def png_folder(root: Path, classes: tuple[str, ...] = ("ant", "bee"), per_class: int = 2, size: int = 32,
+               seed: int = 0) -> Path:
+    """An ImageFolder ``root/<class>/<i>.png`` of random RGB images."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
 
 
 class _HTMLProbe(HTMLParser):

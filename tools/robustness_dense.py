@@ -18,4 +18,4 @@ def main(argv: Sequence[str] | None = None, on_cell_done: Callable[..., None] | 
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_command_line(["dense", *sys.argv[1:]]))  # bad input: one error line, exit status 2

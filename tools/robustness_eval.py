@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from robustness.cli import main  # noqa: E402
+from robustness.cli import main, run_command_line  # noqa: E402, F401  (main: the API tests call)
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command_line())

@@ -17,4 +17,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli.run_command_line(["report", *sys.argv[1:]]))  # bad input: one error line, exit status 2
