@@ -69,6 +69,7 @@ def open_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> Imag
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImageError(f"image {path!r} was refused as a decompression bomb ({exc}); remove it") from exc
     except FileNotFoundError as exc:
-        raise BadImageError(f"image {path!r} does not exist") from exc
+        raise BadImageError(f"image {path!r} does not exist; check the data folder (or the list naming it)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise BadImageError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}") from exc
+        raise BadImageError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}; replace the file or remove it "
+                            "from the data folder") from exc

@@ -86,7 +86,9 @@ def read_record(path: PathLike, *, schema: str | None = None, kind: str | None =
     try:
         obj = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise RecordError(f"{path} is not valid JSON ({exc}); delete it or restore it from the run's log") from exc
+        raise RecordError(f"{path} is not valid JSON ({exc}): it was damaged outside the suite (its writes are "
+                          "atomic); move it away or delete it and re-run the tool that made it, or restore a "
+                          "copy") from exc
     if not isinstance(obj, dict):
         raise RecordError(f"{path} holds a JSON {type(obj).__name__}, not a result record")
     found = obj.get("schema")
