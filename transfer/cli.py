@@ -31,6 +31,7 @@ COMMON_OPTIONS = {
     "img_size": "model.img_size", "pretrained": "model.pretrained", "checkpoint_key": "model.checkpoint_key",
     "model_name": "model.name", "pretrain_data": "model.pretrain_data", "seed": "seed", "output_dir": "output_dir",
     "device": "device", "num_workers": "num_workers", "batch_size": "batch_size", "num_heads": "model.num_heads",
+    "train_split": "data.train_split", "test_split": "data.test_split", "tag": "data.tag",
 }
 
 
@@ -44,6 +45,12 @@ def build_parser(protocol: str) -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--data-root", help="folder holding the data set in its published layout")
     p.add_argument("--layout", help="force a layout: pickle | imagefolder (CIFAR), devkit | annos | imagefolder (Cars)")
+    p.add_argument("--train-split", help="ImageFolder: the training folder under --data-root (data.train_split, "
+                                         "default train)")
+    p.add_argument("--test-split", help="ImageFolder: the folder evaluated (data.test_split, default test; without "
+                                        "test/, the val/ or validation/ folder that exists)")
+    p.add_argument("--tag", help="leaderboard column of the data set (data.tag; default: the data set name, or the "
+                                 "--data-root folder name for --dataset imagefolder)")
     p.add_argument("--arch", help="vit_tiny | vit_small | vit_base | vit_large: overrides the checkpoint's "
                                   "description (default: the checkpoint's; vit_small without --pretrained)")
     p.add_argument("--patch-size", type=int,
@@ -135,8 +142,12 @@ def main(protocol: str, argv: Sequence[str] | None = None) -> dict[str, Any] | N
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from transfer import finetune, knn, linear
+    from transfer.datasets import SplitNotFoundError
 
-    return {"finetune": finetune, "knn": knn, "linear": linear}[protocol].run(cfg)
+    try:
+        return {"finetune": finetune, "knn": knn, "linear": linear}[protocol].run(cfg)
+    except SplitNotFoundError as exc:  # a plain user error: one line, no traceback
+        raise SystemExit(f"transfer.cli {protocol}: error: {exc}") from None
 
 
 def module_main(argv: Sequence[str]) -> dict[str, Any] | None:

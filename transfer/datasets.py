@@ -20,7 +20,8 @@ cars           devkit: ``cars_train/*.jpg, cars_test/*.jpg, devkit/{cars_train_a
                ``car_ims/*.jpg``; or ImageFolder
 inat2018/2019  ``train{year}.json, val{year}.json`` (COCO-style) + the image tree they reference
                (``train_val{year}/<super>/<id>/<file>.jpg``); optional ``categories.json`` for names
-imagefolder    ``<split>/<class>/*.<img ext>``
+imagefolder    ``<split>/<class>/*.<img ext>``; without ``test/``, the one of ``val/`` / ``validation/`` that
+               exists is the test split (:func:`resolve_imagefolder_splits`)
 =============  ======================================================================================
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ __all__ = [
     "ClassificationDataset",
     "DatasetFileError",
     "DatasetLayoutError",
+    "SplitNotFoundError",
     "FileImages",
     "ArrayImages",
     "build_dataset",
@@ -52,6 +54,7 @@ __all__ = [
     "read_cars",
     "read_inat",
     "read_imagefolder",
+    "resolve_imagefolder_splits",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -72,6 +75,11 @@ SOURCES = {
 
 class DatasetLayoutError(FileNotFoundError):
     """The data set is not where it was looked for, or not in the expected layout."""
+
+
+class SplitNotFoundError(DatasetLayoutError):
+    """An ImageFolder split folder (``data.train_split`` / ``data.test_split``) is not under the data root; the
+    one-line message names the folders that are there and the option that picks another."""
 
 
 class DatasetFileError(ValueError):
@@ -189,17 +197,17 @@ IMAGEFOLDER_LAYOUT = "    <root>/<split>/<class name>/<image>.{jpg,png,...}   (s
 
 def read_imagefolder(root: str | os.PathLike, split: str, transform: Callable | None = None,
                      name: str = "imagefolder", classes: Sequence[str] | None = None,
-                     allow_empty_classes: bool = False) -> FileImages:
+                     allow_empty_classes: bool = False, train_split: str = "train") -> FileImages:
     """``<root>/<split>/<class>/*.<ext>``; classes sorted by folder name.
 
-    The class list of ``<root>/train`` (when it exists) is used for every split, so a split missing a class
+    The class list of ``<root>/<train_split>`` (when it exists) is used for every split, so a split missing a class
     folder keeps the same label indices; ``classes`` overrides it. Every class folder present must hold at least
     one image (an empty one is a failed copy or extraction, and would silently add a class nothing is ever labelled
     with): :class:`DatasetLayoutError` naming the folder, unless ``allow_empty_classes``.
     """
     root = Path(root)
-    if classes is None and split != "train" and (root / "train").is_dir():
-        classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir()) or None
+    if classes is None and split != train_split and (root / train_split).is_dir():
+        classes = sorted(d.name for d in (root / train_split).iterdir() if d.is_dir()) or None
     split_dir = root / split
     layout = IMAGEFOLDER_LAYOUT if name == "imagefolder" else IMAGEFOLDER_LAYOUT + f"\n  or the {name} layouts above"
     if not split_dir.is_dir():
@@ -227,6 +235,47 @@ def read_imagefolder(root: str | os.PathLike, split: str, transform: Callable | 
     if not samples:
         raise _layout_error(name, root, f"no images ({', '.join(IMG_EXTENSIONS)}) under '{split_dir}'", layout)
     return FileImages(samples, classes, transform)
+
+
+#: Folder names a test split falls back to when the default ``test/`` is missing (exactly one must exist).
+VAL_SPLIT_NAMES = ("val", "validation")
+
+
+def _folders(root: Path) -> str:
+    """The sub-folders of ``root`` for an error message: ``'train/', 'val/'`` or ``none``."""
+    names = sorted(d.name + "/" for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
+    shown = ", ".join(repr(n) for n in names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+    return shown or "none"
+
+
+def resolve_imagefolder_splits(root: str | os.PathLike, train_split: str = "train", test_split: str = "test",
+                               name: str = "imagefolder") -> tuple[str, str, list[str]]:
+    """The split folders an ImageFolder run reads: ``(train_split, test_split, notes)``.
+
+    A configured split folder that exists is used as is. When the test split is the default ``test`` and
+    ``<root>/test`` is missing, the one of ``val/`` / ``validation/`` that exists is used instead, with a note saying
+    so (a train / val ImageFolder, as ImageNet and most custom data sets ship). Anything else missing raises
+    :class:`SplitNotFoundError`, one line naming the folders under the root and the option to pass.
+    """
+    root = Path(root)
+    notes: list[str] = []
+    if not (root / train_split).is_dir():
+        raise SplitNotFoundError(
+            f"{name}: no train split folder '{train_split}/' under '{root}' (folders there: {_folders(root)}); "
+            f"pass --train-split NAME (--set data.train_split=NAME), or point --data-root at the folder that holds "
+            f"the split folders (<root>/<split>/<class>/<image>)")
+    if (root / test_split).is_dir():
+        return train_split, test_split, notes
+    found = [v for v in VAL_SPLIT_NAMES if (root / v).is_dir()]
+    if test_split == "test" and len(found) == 1:
+        notes.append(f"{name}: no '{test_split}/' folder under '{root}': testing on '{found[0]}/' instead (data."
+                     f"test_split = '{found[0]}'; pass --test-split NAME to choose another folder)")
+        return train_split, found[0], notes
+    why = (f"both {' and '.join(repr(v + '/') for v in found)} exist, so neither is picked for you; "
+           if test_split == "test" and len(found) > 1 else "")
+    raise SplitNotFoundError(
+        f"{name}: no test split folder '{test_split}/' under '{root}' (folders there: {_folders(root)}); {why}"
+        f"pass --test-split NAME (--set data.test_split=NAME)")
 
 
 # ------------------------------------------------------------------------------------------------------------ CIFAR
@@ -499,7 +548,8 @@ DATASETS: dict[str, Callable[..., ClassificationDataset]] = {
     "cars": lambda root, split, transform, layout: read_cars(root, split, transform, layout),
     "inat2018": lambda root, split, transform, layout: read_inat(root, split, transform, 2018),
     "inat2019": lambda root, split, transform, layout: read_inat(root, split, transform, 2019),
-    "imagefolder": lambda root, split, transform, layout: read_imagefolder(root, split, transform),
+    "imagefolder": lambda root, split, transform, layout, train_split="train": read_imagefolder(
+        root, split, transform, train_split=train_split),
 }
 
 
@@ -518,7 +568,10 @@ def check_root(name: str, root: str | os.PathLike | None) -> Path:
 
 
 def build_dataset(name: str, root: str | os.PathLike | None, split: str, transform: Callable | None = None,
-                  layout: str = "auto") -> ClassificationDataset:
-    """Reader dispatch: ``build_dataset('cifar10', '/data/cifar', 'train', tf)``; see the module table."""
+                  layout: str = "auto", train_split: str = "train") -> ClassificationDataset:
+    """Reader dispatch: ``build_dataset('cifar10', '/data/cifar', 'train', tf)``; see the module table.
+    ``train_split``: the ImageFolder split whose class folders fix the labels of every split."""
     check_root(name, root)
+    if name == "imagefolder":
+        return DATASETS[name](root, split, transform, layout, train_split=train_split)
     return DATASETS[name](root, split, transform, layout)

@@ -39,10 +39,15 @@ from transfer.session import Session
 from transfer.transforms import eval_transform, finetune_train_transform
 
 __all__ = ["FineTune", "ViTClassifier", "build_finetune", "build_mixup_and_loss", "build_optimizer",
-           "build_scheduler", "evaluate", "finetune_metrics", "run", "scaled_lr", "train_finetune",
-           "train_one_epoch"]
+           "build_scheduler", "evaluate", "finetune_metrics", "planned_lrs", "run", "scaled_lr", "schedule_warnings",
+           "train_finetune", "train_one_epoch", "TINY_LR"]
 
 log = logging.getLogger(__name__)
+
+#: An effective peak lr below this is flagged (:func:`schedule_warnings`): AdamW moves each weight by about the lr
+#: per step, so a few epochs at it leave the classifier head near its initialisation (test top-1 near chance). The
+#: iBOT recipe itself runs at 7.5e-6 x 768 / 512 = 1.1e-5 for 1000 epochs.
+TINY_LR = 1e-6
 
 
 class ViTClassifier(nn.Module):
@@ -84,6 +89,47 @@ def build_scheduler(optimizer: torch.optim.Optimizer, epochs: int, sched: dict[s
     """Per-epoch cosine with warm-up; ``step(epoch)`` sets the lr of that epoch (times each group's lr_scale)."""
     return CosineLRScheduler(optimizer, t_initial=epochs, lr_min=sched["min_lr"], warmup_t=sched["warmup_epochs"],
                              warmup_lr_init=sched["warmup_lr"], cycle_limit=1, t_in_epochs=True)
+
+
+def planned_lrs(cfg: dict[str, Any], world: int = 1) -> list[float]:
+    """The lr of every epoch of the configured schedule (before layer decay), as :func:`build_scheduler` will set it
+    with the peak :func:`scaled_lr` (``optim.lr`` x ``batch_size`` x ``world`` / ``optim.lr_batch_ref``)."""
+    optim = cfg["optim"]
+    peak = optim["lr"] * cfg["batch_size"] * world / optim["lr_batch_ref"]
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=peak)
+    sched = build_scheduler(opt, cfg["epochs"], cfg["sched"])
+    lrs = []
+    for epoch in range(cfg["epochs"]):
+        sched.step(epoch)
+        lrs.append(float(opt.param_groups[0]["lr"]))
+    return lrs
+
+
+def schedule_warnings(cfg: dict[str, Any], world: int = 1) -> list[str]:
+    """Why a fine-tuning config is likely to leave the model at chance, each naming the keys to change: a warm-up
+    not shorter than the run (``sched.warmup_epochs >= epochs``: the peak lr is never reached), or an effective peak
+    lr below :data:`TINY_LR` (``optim.lr`` is per ``optim.lr_batch_ref`` images, so the paper's 7.5e-6 at a batch
+    of 16 is 2.3e-7). Empty when neither holds."""
+    optim, sched, epochs = cfg["optim"], cfg["sched"], cfg["epochs"]
+    total = cfg["batch_size"] * world
+    peak = optim["lr"] * total / optim["lr_batch_ref"]
+    lrs = planned_lrs(cfg, world)
+    ran = f"{lrs[0]:.3g}" if len(lrs) == 1 else f"{lrs[0]:.3g} .. {lrs[-1]:.3g}"
+    out = []
+    if sched["warmup_epochs"] >= epochs:
+        out.append(f"fine-tune schedule: sched.warmup_epochs = {sched['warmup_epochs']} >= epochs = {epochs}, so the "
+                   f"run ends inside the linear warm-up and never reaches its peak lr {peak:.3g} (the lr runs {ran}, "
+                   f"from sched.warmup_lr = {sched['warmup_lr']:.3g}); pass --set sched.warmup_epochs=N with N < "
+                   "epochs (e.g. 0 for a short run), or raise --epochs")
+    if peak < TINY_LR:
+        out.append(f"fine-tune lr: the effective peak lr is {peak:.3g} = optim.lr {optim['lr']:.3g} x total batch "
+                   f"{total} / optim.lr_batch_ref {optim['lr_batch_ref']:g}, below {TINY_LR:g}: the model barely moves "
+                   f"at that lr and test top-1 can stay near chance (the lr runs {ran} over the {epochs} epochs; the "
+                   "iBOT recipe used a batch of 768 for 1000 epochs); raise --lr (optim.lr), e.g. --lr 5e-4 (an "
+                   f"effective {5e-4 * total / optim['lr_batch_ref']:.3g}), or --set "
+                   f"optim.lr_batch_ref={total} so that optim.lr is the lr itself; sched.warmup_lr = "
+                   f"{sched['warmup_lr']:.3g} and sched.min_lr = {sched['min_lr']:.3g} bound the schedule's ends")
+    return out
 
 
 def build_mixup_and_loss(aug: dict[str, Any], num_classes: int) -> tuple[Mixup | None, nn.Module]:
@@ -165,6 +211,8 @@ def build_finetune(s: Session) -> FineTune:
     model = ViTClassifier(backbone, num_classes).to(s.device)
     ddp = wrap_ddp(model, s.env)
     lr = scaled_lr(s)
+    for warning in schedule_warnings(cfg, s.env.world):
+        s.warn(warning)
     optimizer = build_optimizer(model, cfg["optim"], lr)
     scheduler = build_scheduler(optimizer, cfg["epochs"], cfg["sched"])
     mixup, criterion = build_mixup_and_loss(cfg["aug"], num_classes)
@@ -271,5 +319,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
         history, best = train_finetune(f)
         metrics = finetune_metrics(f, history, best)
         value, selection = _headline(cfg["report"], metrics)
+        evaluated = sum(1 for r in history if "top1" in r)
         return s.finish(f.info, f.train_set, f.test_set, metric_name="top1", value=value, metrics=metrics,
-                        selection=selection, history=history)
+                        selection=selection, history=history,
+                        selected_over={"epochs": evaluated} if cfg["report"] == "best" else None)

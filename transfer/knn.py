@@ -108,6 +108,7 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     report_k = int(cfg["report_k"])
     spec = FeatureSpec.from_dict(cfg["feature"])
     with session as s:
+        cfg = s.cfg  # with the split folders actually read (an ImageFolder's val/ when it has no test/)
         model, info = s.backbone(drop_path_rate=0.0)
         spec.check(len(model.blocks))
         tf = eval_transform(cfg["model"]["img_size"])

@@ -4,7 +4,17 @@ Rows are models (name, parameter count, pretraining data); columns are data set 
 columns. A cell is the mean ± sample standard deviation over seeds (the seed count shown when > 1); a missing
 cell is "–"; the best value of each column is bold (Markdown ``**``, HTML ``<b>``, LaTeX ``\\textbf``, CSV a
 ``_best`` flag). The mean column is only filled for rows with every column present (a partial mean would not
-compare). With ``references=True`` the paper's rows (``transfer.references``) join, marked † and cited.
+compare). With ``references=True`` the paper's rows (``transfer.references``) join, marked † and cited, with
+their cells in the shown columns only; a paper row that reports none of the shown columns is left out.
+
+Columns are named by each result's ``dataset.name`` (``data.tag``, else the reader; an ``imagefolder`` run without a
+tag is named after its data root's folder, also in result files written before that rule).
+
+Reading aids: a "chance (majority class)" row gives, per column, the top-1 of always predicting the test set's most
+frequent class (from the results' ``chance`` section; never marked best, left out when no result has it). When
+linear or fine-tune columns are shown, a note says that those cells are the maximum test top-1 over evaluated epochs
+(and the linear sweep's heads), with the counts and test-set sizes the results record: a maximum taken on the test
+set itself, optimistic on a small one.
 
 Bad input: a result file that cannot be read (truncated, not JSON, a required field missing or mistyped) stops the
 tool with an error naming the file (``--skip-invalid``: a warning naming it, and the file is left out of the table
@@ -27,9 +37,10 @@ from typing import Any
 from ibot.atomic import atomic_write_text
 from ibot.report import Page, Strong
 from transfer.references import REFERENCE_ROWS
-from transfer.results import SCHEMA, ResultFormatError, find_result_files, load_result, metric_problem
+from transfer.results import SCHEMA, ResultFormatError, dataset_column, find_result_files, load_result, metric_problem
 
-__all__ = ["Cell", "Row", "Table", "build_table", "to_markdown", "to_csv", "to_html", "to_latex", "FORMATS", "main"]
+__all__ = ["Cell", "Row", "Table", "build_table", "record_dataset", "selected_over", "to_markdown", "to_csv",
+           "to_html", "to_latex", "FORMATS", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +53,9 @@ PROTOCOL_ORDER = ("knn", "linear", "finetune")
 MISSING = "–"
 INVALID = "invalid"
 DAGGER = "†"
+CHANCE = "chance (majority class)"
+#: Protocols whose headline is a maximum over test evaluations (epochs, and the linear sweep's heads).
+SELECTED_PROTOCOLS = ("linear", "finetune")
 
 
 @dataclass
@@ -82,6 +96,7 @@ class Row:
     pretrain_data: str
     cells: dict[Column, Cell] = field(default_factory=dict)
     reference: str | None = None  # citation for published rows
+    baseline: bool = False  # the chance row: a floor to compare against, never marked best
 
     def mean(self, columns: Sequence[Column]) -> float | None:
         """Mean of the cell means over ``columns``; ``None`` unless every column is present and valid."""
@@ -97,15 +112,18 @@ class Table:
     columns: list[Column]
     rows: list[Row]
     metric_names: dict[Column, list[str]]
+    #: per column: how its headline was selected, ``{"heads": H or None, "epochs": E or None, "num_test": N or None}``
+    #: for each distinct selection of its records (linear / fine-tune 'best' only)
+    selections: dict[Column, list[dict[str, int | None]]] = field(default_factory=dict)
 
     def best(self) -> dict[Column | str, float]:
-        """Highest value per column (and 'mean'), over every row with a valid cell there."""
+        """Highest value per column (and 'mean'), over every row with a valid cell there (not the chance row)."""
         out: dict[Column | str, float] = {}
         for c in self.columns:
-            vals = [r.cells[c].mean for r in self.rows if c in r.cells and r.cells[c].valid]
+            vals = [r.cells[c].mean for r in self.rows if c in r.cells and r.cells[c].valid and not r.baseline]
             if vals:
                 out[c] = max(vals)
-        means = [m for r in self.rows if (m := r.mean(self.columns)) is not None]
+        means = [m for r in self.rows if not r.baseline and (m := r.mean(self.columns)) is not None]
         if means:
             out["mean"] = max(means)
         return out
@@ -119,6 +137,66 @@ def _column_sort_key(col: Column) -> tuple[int, str, int, str]:
     return (ds_rank, ds, pr_rank, proto)
 
 
+def record_dataset(rec: dict[str, Any]) -> str:
+    """A record's data-set column: ``dataset.name``, except that an untagged ``imagefolder`` run written before
+    columns were named after the data root (``dataset.name == 'imagefolder'``) is named after its root's folder."""
+    ds = rec["dataset"]
+    name = ds["name"]
+    data_cfg = (rec.get("config") or {}).get("data") or {}
+    if name == "imagefolder" and ds.get("reader") == "imagefolder" and ds.get("root") and not data_cfg.get("tag"):
+        return dataset_column({"name": "imagefolder", "root": ds["root"], "tag": None})
+    return name
+
+
+def selected_over(rec: dict[str, Any]) -> dict[str, int | None] | None:
+    """What a record's headline is the maximum over, ``{"heads", "epochs", "num_test"}`` (None = unknown), or
+    ``None`` when it is no maximum (k-NN, fine-tuning with ``report='last'``). Taken from ``metric.selected_over``,
+    else (older files) from the metrics and history."""
+    if rec.get("protocol") not in SELECTED_PROTOCOLS:
+        return None
+    metric = rec.get("metric") if isinstance(rec.get("metric"), dict) else {}
+    config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+    if rec["protocol"] == "finetune" and (config.get("report") == "last"
+                                           or str(metric.get("selection", "")).startswith("test top-1 after the last")):
+        return None
+    stored = metric.get("selected_over") if isinstance(metric.get("selected_over"), dict) else {}
+    history = rec.get("history") if isinstance(rec.get("history"), list) else []
+    evaluated = sum(1 for h in history if isinstance(h, dict) and "top1" in h) or None
+    heads = None
+    if rec["protocol"] == "linear":
+        metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
+        heads = stored.get("heads") or (len(metrics["heads"]) if isinstance(metrics.get("heads"), list) else None)
+    num_test = rec["dataset"].get("num_test") if isinstance(rec.get("dataset"), dict) else None
+    return {"heads": heads, "epochs": stored.get("epochs") or evaluated,
+            "num_test": num_test if isinstance(num_test, int) else None}
+
+
+def _chance_value(rec: dict[str, Any]) -> float | None:
+    """The record's majority-class top-1 (%), when it has a usable one."""
+    chance = rec.get("chance")
+    value = chance.get("majority_top1") if isinstance(chance, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 100.0:
+        return None
+    return float(value)
+
+
+def _chance_row(records: Sequence[dict[str, Any]]) -> Row | None:
+    """The "chance (majority class)" row: per column, the majority-class top-1 its results recorded (the highest,
+    with a warning, when results of one column disagree: they were tested on different sets)."""
+    by_col: dict[Column, set[float]] = {}
+    for rec in records:
+        value = _chance_value(rec)
+        if value is not None:
+            by_col.setdefault((record_dataset(rec), rec["protocol"]), set()).add(round(value, 6))
+    if not by_col:
+        return None
+    for col, values in by_col.items():
+        if len(values) > 1:
+            log.warning("column %s: results disagree on the test set's majority-class top-1 (%s): were they tested "
+                        "on different test sets? the chance row shows the highest", col, sorted(values))
+    return Row(CHANCE, None, MISSING, {c: Cell([max(v)]) for c, v in by_col.items()}, baseline=True)
+
+
 def build_table(records: Iterable[dict[str, Any]], references: bool = False,
                 columns: Sequence[Column] | None = None) -> Table:
     """Group result records into a table.
@@ -130,7 +208,7 @@ def build_table(records: Iterable[dict[str, Any]], references: bool = False,
     """
     by_key: dict[tuple[str, Column, int], dict[str, Any]] = {}
     for rec in records:
-        key = (rec["model"]["name"], (rec["dataset"]["name"], rec["protocol"]), int(rec["seed"]))
+        key = (rec["model"]["name"], (record_dataset(rec), rec["protocol"]), int(rec["seed"]))
         old = by_key.get(key)
         if old is not None:
             log.warning("duplicate result for model %r, column %s, seed %d: keeping the one finished later", *key)
@@ -170,7 +248,23 @@ def build_table(records: Iterable[dict[str, Any]], references: bool = False,
     columns = list(columns)
     for r in out_rows:  # drop cells outside the chosen columns (e.g. paper ImageNet cells in a transfer-only table)
         r.cells = {c: v for c, v in r.cells.items() if c in columns}
-    return Table(columns, out_rows, metric_names)
+    dropped = [r.name for r in out_rows if r.reference and not r.cells]
+    if dropped:  # a paper row of nothing but "–" only says the paper did not run these data sets
+        log.info("left out %s: the paper reports none of the shown columns", ", ".join(dropped))
+        out_rows = [r for r in out_rows if not (r.reference and not r.cells)]
+    kept = list(by_key.values())
+    chance = _chance_row(kept)
+    if chance is not None:
+        chance.cells = {c: v for c, v in chance.cells.items() if c in columns}
+        if chance.cells:
+            out_rows.append(chance)
+    selections: dict[Column, list[dict[str, int | None]]] = {}
+    for rec in kept:
+        col = (record_dataset(rec), rec["protocol"])
+        sel = selected_over(rec)
+        if col in columns and sel is not None and sel not in selections.setdefault(col, []):
+            selections[col].append(sel)
+    return Table(columns, out_rows, metric_names, {c: v for c, v in selections.items() if v})
 
 
 # ------------------------------------------------------------------------------------------------------- rendering
@@ -208,6 +302,12 @@ def _notes(table: Table) -> list[str]:
     """The lines under the table: how to read it, non-top-1 metrics, citations."""
     notes = ["Cells: top-1 (%); with several seeds mean ± sample std (seed count); – = not run; best per column in "
              "bold; Mean only for rows with every column."]
+    selected = [c for c in table.columns if c[1] in SELECTED_PROTOCOLS and c in table.selections]
+    if selected:
+        notes.append(_selection_note(table, selected))
+    if any(r.baseline for r in table.rows):
+        notes.append(f"{CHANCE} = top-1 of always predicting the test set's most frequent class (from the results' "
+                     "test class counts): the floor every model must clear; never marked best.")
     if any(not cell.valid for r in table.rows for c, cell in r.cells.items() if c in table.columns):
         notes.append(f"{INVALID} = a run of this cell gave no valid accuracy (failed, or not in [0, 100]); the "
                      "leaderboard's warnings name its file.")
@@ -220,6 +320,27 @@ def _notes(table: Table) -> list[str]:
     return notes
 
 
+def _selection_text(sel: dict[str, int | None]) -> str:
+    """``{"heads": 6, "epochs": 2, "num_test": 40}`` -> ``'best of 6 heads x 2 epochs on 40 test images'``."""
+    parts = [f"{sel['heads']} heads" if sel.get("heads") else None,
+             f"{sel['epochs']} evaluated epoch{'s' if sel['epochs'] != 1 else ''}" if sel.get("epochs") else None]
+    known = [p for p in parts if p]
+    text = "best of " + " x ".join(known) if known else "best of the evaluations (counts not recorded)"
+    if sel.get("num_test"):
+        text += f" on {sel['num_test']} test images"
+    return text
+
+
+def _selection_note(table: Table, columns: Sequence[Column]) -> str:
+    """The note on maximum-over-test-evaluations cells, with what each column selected over."""
+    per_col = "; ".join(f"{column_label(c)}: " + " / ".join(_selection_text(s) for s in table.selections[c])
+                        for c in columns)
+    return ("Linear and fine-tune cells are the best test top-1 over the evaluated epochs (linear: and over the "
+            "heads of its learning-rate sweep), as the iBOT paper reports them; a maximum picked on the test set "
+            "itself is optimistic, the more so the smaller the test set and the more evaluations it is taken over "
+            f"(the result files keep the last-epoch numbers). Selected over: {per_col}.")
+
+
 def _cells(table: Table, row: Row, digits: int, pm: str) -> list[tuple[str, bool]]:
     """(text, is_best) for each column and the mean."""
     best = table.best()
@@ -227,9 +348,10 @@ def _cells(table: Table, row: Row, digits: int, pm: str) -> list[tuple[str, bool
     for c in table.columns:
         cell = row.cells.get(c)
         out.append((MISSING, False) if cell is None else (INVALID, False) if not cell.valid else
-                   (_number(cell, digits, pm), _is_best(cell.mean, best.get(c), digits)))
+                   (_number(cell, digits, pm), not row.baseline and _is_best(cell.mean, best.get(c), digits)))
     mean = row.mean(table.columns)
-    out.append((MISSING, False) if mean is None else (f"{mean:.{digits}f}", _is_best(mean, best.get("mean"), digits)))
+    out.append((MISSING, False) if mean is None else
+               (f"{mean:.{digits}f}", not row.baseline and _is_best(mean, best.get("mean"), digits)))
     return out
 
 
@@ -255,7 +377,8 @@ def to_csv(table: Table, digits: int = 4) -> str:
     best = table.best()
     for row in table.rows:
         out: list[Any] = [row.name, row.params if row.params is not None else "", row.pretrain_data,
-                          row.reference or ""]
+                          row.reference or ("baseline: always the test set's most frequent class" if row.baseline
+                                            else "")]
         for c in table.columns:
             cell = row.cells.get(c)
             if cell is None:
@@ -264,9 +387,10 @@ def to_csv(table: Table, digits: int = 4) -> str:
                 out += ["", "", cell.n, 0, len(cell.invalid)]
             else:
                 out += [round(cell.mean, digits), "" if cell.std is None else round(cell.std, digits), cell.n,
-                        int(_is_best(cell.mean, best.get(c), digits)), 0]
+                        int(not row.baseline and _is_best(cell.mean, best.get(c), digits)), 0]
         mean = row.mean(table.columns)
-        out += ["" if mean is None else round(mean, digits), int(_is_best(mean, best.get("mean"), digits))]
+        out += ["" if mean is None else round(mean, digits),
+                int(not row.baseline and _is_best(mean, best.get("mean"), digits))]
         w.writerow(out)
     return buf.getvalue()
 

@@ -289,6 +289,8 @@ def run(cfg: dict[str, Any]) -> dict[str, Any]:
     with Session(cfg) as s:
         probe = build_probe(s)
         history, best = train_probe(probe)
+        evaluated = sum(1 for r in history if "top1" in r)
         return s.finish(probe.info, probe.train_set, probe.test_set, metric_name="top1", value=best["top1"],
                         metrics=probe_metrics(probe, history, best), history=history,
-                        selection="max test top-1 over the lr sweep and evaluated epochs (iBOT eval_linear_multi)")
+                        selection="max test top-1 over the lr sweep and evaluated epochs (iBOT eval_linear_multi)",
+                        selected_over={"heads": len(probe.sweep.heads), "epochs": evaluated})

@@ -9,13 +9,22 @@ Schema (``schema = "ibot-suite/transfer-result/1"``)::
                   "checkpoint", "checkpoint_sha256", "checkpoint_key", "load_report",
                   "description" (the backbone description used: family, arch, patch_size, img_size, embed_dim,
                   depth, num_heads), "described" (the file carried it), "source" (the file's provenance)},
-      "dataset": {"name" (leaderboard column: data.tag or the reader), "reader", "root", "num_classes",
-                  "num_train", "num_test", "train_split", "test_split"},
-      "metric":  {"name": "top1" | "top1@k=20" | ..., "value": <percent>, "selection": <how it was chosen>},
+      "dataset": {"name" (leaderboard column: data.tag, else the reader, else for the imagefolder reader the data
+                  root's folder name: :func:`dataset_column`), "reader", "root", "num_classes",
+                  "num_train", "num_test", "train_split", "test_split" (the split folders actually read)},
+      "metric":  {"name": "top1" | "top1@k=20" | ..., "value": <percent>, "selection": <how it was chosen>,
+                  "selected_over" (linear / fine-tune 'best': {"heads": H, "epochs": E} the maximum was taken over)},
       "metrics": {...every number the protocol measured; feature specs as dicts (ibot.features.FeatureSpec)...},
+      "chance":  {"test_class_counts": [per class, label order], "majority_class", "majority_index",
+                  "majority_top1": <percent of the test set in its most frequent class>},
+      "notes": [...what the run decided for the user, e.g. the test split it fell back to...],
+      "warnings": [...settings that make the number meaningless, e.g. a schedule that never reaches its lr...],
       "seed": int, "config": {...the resolved config...}, "env": {...versions, device, world size, amp...},
       "history": [...per-epoch records...], "started": ISO time, "finished": ISO time, "wall_s": float
     }
+
+``chance``, ``notes``, ``warnings`` and ``metric.selected_over`` are absent from files written before they existed;
+readers treat them as unknown.
 
 Reading (the leaderboard): :func:`load_result` refuses a file that is not JSON (e.g. truncated by a copy), lacks the
 schema tag or a field the leaderboard needs, or holds one of the wrong type, with a :class:`ResultFormatError` naming
@@ -36,7 +45,7 @@ from typing import Any
 from ibot.records import RecordError, read_record, schema_tag, write_record
 
 __all__ = ["SCHEMA", "REQUIRED", "RESULT_NAME", "ResultFormatError", "write_result", "load_result",
-           "find_result_files", "metric_problem"]
+           "find_result_files", "metric_problem", "dataset_column"]
 
 SCHEMA = schema_tag("transfer-result", 1)
 #: Fields the leaderboard relies on, as (section, key); key None = the section itself.
@@ -50,6 +59,20 @@ _FIELD_TYPES = {("protocol", None): str, ("seed", None): int, ("model", "name"):
 RESULT_NAME = "result.json"
 _FIX = ("re-run the run that wrote it (same command and --output-dir: a linear / fine-tune run continues from its "
         "checkpoint.pth), or move the file out of the folders given to the leaderboard")
+
+
+def dataset_column(data: Mapping[str, Any]) -> str:
+    """The leaderboard column (``dataset.name`` of a result) of a ``data`` config section: ``data.tag`` when set,
+    else the reader name, except for the generic ``imagefolder`` reader: the data root's folder name
+    (``/data/flowers_mine`` -> ``flowers_mine``), so that two ImageFolder data sets do not share one column."""
+    if data.get("tag"):
+        return str(data["tag"])
+    name = str(data.get("name"))
+    root = data.get("root")
+    if name == "imagefolder" and root:
+        folder = os.path.basename(os.path.normpath(os.path.abspath(os.path.expanduser(str(root)))))
+        return folder or name
+    return name
 
 
 class ResultFormatError(RecordError):

@@ -10,6 +10,7 @@ Usage inside a protocol::
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import logging
@@ -24,12 +25,12 @@ import torch
 
 from ibot.distributed import DistEnv, init_distributed, shutdown
 from transfer.backbone import RANDOM_INIT, BackboneInfo, build_backbone
-from transfer.datasets import ClassificationDataset, build_dataset, check_root
+from transfer.datasets import ClassificationDataset, build_dataset, check_root, resolve_imagefolder_splits
 from transfer.recipes import validate
-from transfer.results import SCHEMA, write_result
+from transfer.results import SCHEMA, dataset_column, write_result
 from transfer.runtime import amp_enabled, environment, resolve_device, seed_all
 
-__all__ = ["InvalidResultError", "Session", "default_output_dir"]
+__all__ = ["InvalidResultError", "Session", "chance_level", "default_output_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +60,49 @@ def _model_slug(m: dict[str, Any]) -> str:
 def default_output_dir(cfg: dict[str, Any]) -> Path:
     """``work_dirs/transfer/<protocol>/<dataset>/<model>/seed<seed>`` (relative to the working directory)."""
     model = _model_slug(cfg["model"])
-    dataset = cfg["data"]["tag"] or cfg["data"]["name"]
+    dataset = _slug(dataset_column(cfg["data"]))
     return Path("work_dirs", "transfer", cfg["protocol"], dataset, _slug(model), f"seed{cfg['seed']}")
+
+
+def chance_level(test_set: ClassificationDataset) -> dict[str, Any]:
+    """The test set's class counts (label order) and the top-1 (%) of always predicting its most frequent class:
+    the floor a classifier must beat (10% on balanced CIFAR-10; more on an unbalanced set)."""
+    counts = [0] * max(len(test_set.classes), max(test_set.targets, default=-1) + 1)
+    for t in test_set.targets:
+        counts[int(t)] += 1
+    total = sum(counts)
+    major = max(range(len(counts)), key=lambda i: (counts[i], -i)) if counts else None
+    return {"test_class_counts": counts,
+            "majority_index": major,
+            "majority_class": (test_set.classes[major] if major is not None and major < len(test_set.classes)
+                               else major),
+            "majority_top1": 100.0 * counts[major] / total if total and major is not None else None}
 
 
 class Session:
     """Context manager: sets up on enter, tears the process group down on exit (only if it created it).
 
-    The config and the data root are checked when the session is made, before ``__enter__`` creates the output
-    folder: a refused run writes nothing. A run that fails later logs the error to ``log.txt`` and leaves the
-    folder's earlier ``result.json`` as it was (it is only replaced, atomically, by a finished run).
+    The config, the data root and (ImageFolder) the split folders are checked when the session is made, before
+    ``__enter__`` creates the output folder: a refused run writes nothing. A run that fails later logs the error to
+    ``log.txt`` and leaves the folder's earlier ``result.json`` as it was (it is only replaced, atomically, by a
+    finished run).
+
+    ``self.cfg`` is a copy of the config with the split folders actually read (an ImageFolder without ``test/``
+    tests on its ``val/``: :func:`transfer.datasets.resolve_imagefolder_splits`); ``notes`` (such decisions) and
+    ``warnings`` (:meth:`warn`) are logged and written to the result.
     """
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         validate(cfg)
         check_root(cfg["data"]["name"], cfg["data"]["root"])
-        self.cfg = cfg
+        self.cfg = cfg = copy.deepcopy(cfg)
+        self.notes: list[str] = []
+        self.warnings: list[str] = []
+        data = cfg["data"]
+        if data["name"] == "imagefolder":
+            data["train_split"], data["test_split"], notes = resolve_imagefolder_splits(
+                data["root"], data["train_split"], data["test_split"])
+            self.notes += notes
         self.output_dir = Path(cfg["output_dir"]) if cfg["output_dir"] else default_output_dir(cfg)
         self._owns_group = False
         self._file_handler: logging.Handler | None = None
@@ -103,7 +131,18 @@ class Session:
             logging.getLogger().addHandler(self._file_handler)
             log.info("%s on %s: output %s, device %s x %d, amp %s", cfg["protocol"], cfg["data"]["name"],
                      self.output_dir, self.device, self.env.world, "bf16" if self.amp else "off")
+            for note in self.notes:
+                log.info("%s", note)
         return self
+
+    def warn(self, message: str) -> None:
+        """A setting that makes the run's number meaningless (or nearly): logged as a warning on the main process and
+        kept for the result's ``warnings``."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            main = self.env.is_main if hasattr(self, "env") else int(os.environ.get("RANK", "0")) == 0
+            if main:
+                log.warning("%s", message)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc is not None and self._file_handler is not None:
@@ -130,7 +169,7 @@ class Session:
     def dataset(self, split: str, transform: Any) -> ClassificationDataset:
         """One split of the configured data set, read by its reader."""
         d = self.cfg["data"]
-        return build_dataset(d["name"], d["root"], split, transform, d["layout"])
+        return build_dataset(d["name"], d["root"], split, transform, d["layout"], train_split=d["train_split"])
 
     def num_classes(self, train_set: ClassificationDataset) -> int:
         """The recipe's class count, checked against the data (an ImageFolder recipe takes the data's)."""
@@ -145,9 +184,11 @@ class Session:
     # ------------------------------------------------------------------ result
     def finish(self, info: BackboneInfo, train_set: ClassificationDataset, test_set: ClassificationDataset, *,
                metric_name: str, value: float, metrics: dict[str, Any], selection: str = "",
-               history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               history: list[dict[str, Any]] | None = None,
+               selected_over: dict[str, int] | None = None) -> dict[str, Any]:
         """Assemble the result record; the main process writes ``<output_dir>/result.json`` (tagged
-        :data:`transfer.results.SCHEMA`)."""
+        :data:`transfer.results.SCHEMA`). ``selected_over``: the heads / epochs the headline is the maximum over (a
+        maximum on the test set itself; the leaderboard's note says so)."""
         cfg = self.cfg
         try:
             number = float(value)
@@ -158,16 +199,22 @@ class Session:
                                      f"accuracy in [0, 100]; '{self.output_dir / RESULT_NAME}' was not written. Check "
                                      "the run's log.txt (no evaluated epoch? diverged training?)")
         finished = datetime.datetime.now(datetime.timezone.utc)
+        metric: dict[str, Any] = {"name": metric_name, "value": number, "selection": selection}
+        if selected_over:
+            metric["selected_over"] = dict(selected_over)
         record = {
             "schema": SCHEMA,
             "protocol": cfg["protocol"],
             "model": info.to_dict(),
-            "dataset": {"name": cfg["data"]["tag"] or cfg["data"]["name"], "reader": cfg["data"]["name"],
+            "dataset": {"name": dataset_column(cfg["data"]), "reader": cfg["data"]["name"],
                         "root": cfg["data"]["root"], "num_classes": train_set.num_classes,
                         "num_train": len(train_set), "num_test": len(test_set),
                         "train_split": cfg["data"]["train_split"], "test_split": cfg["data"]["test_split"]},
-            "metric": {"name": metric_name, "value": number, "selection": selection},
+            "metric": metric,
             "metrics": metrics,
+            "chance": chance_level(test_set),
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
             "seed": int(cfg["seed"]),
             "config": cfg,
             "env": environment(self.device, self.env.world, self.amp),
