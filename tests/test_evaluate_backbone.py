@@ -258,39 +258,42 @@ def test_our_pretrain_checkpoint(tmp_path) -> None:
     assert all(v.abs().sum() > 0 for k, v in bb.items() if k.endswith("qkv.weight"))
 
 
-@pytest.mark.parametrize("fmt", ["official", "timm", "described"])
-def test_files_need_no_shape_flags(fmt, scenes, tmp_path) -> None:
+def test_files_need_no_shape_flags(scenes, tmp_path) -> None:
     """An official full checkpoint and a timm state dict converted by tools/convert_checkpoint.py, and a described
-    file of a ViT whose head count no tensor reveals (96-d, 3 heads of 32), run the suite with no shape flag."""
+    file of a ViT whose head count no tensor reveals (96-d, 3 heads of 32), describe themselves to the suite; the
+    converted official file runs a harness with no shape flag."""
     from ibot.checkpoint import describe_backbone, save_backbone
+    from ibot.suite.runner import prepare_backbone
 
     torch.manual_seed(6)
     model = build_vit("vit_tiny", patch_size=8, img_size=32, depth=2, embed_dim=96, num_heads=3)
     sd = {k: v for k, v in model.state_dict().items() if k != "masked_embed"}
-    dst = tmp_path / "converted.pth"
-    if fmt == "described":
-        save_backbone(dst, sd, describe_backbone(model), {"kind": "test"})
-    else:
-        src = tmp_path / "source.pth"
-        trust: list[str] = []
-        if fmt == "official":
-            torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()},
-                        "student": {f"module.backbone.{k}": torch.zeros_like(v) for k, v in sd.items()},
-                        "args": argparse.Namespace(arch="vit_tiny")}, src)
-            trust = ["--trust-checkpoint"]
-        else:
-            torch.save({**sd, "head.weight": torch.randn(10, 96), "head.bias": torch.zeros(10)}, src)
-        conv = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), str(src), str(dst),
-                               *trust, "--num-heads", "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    expected = {"family": "vit", "arch": None, "patch_size": 8, "img_size": 32, "embed_dim": 96, "depth": 2,
+                "num_heads": 3}
+    files = {"described": tmp_path / "described.pth"}
+    save_backbone(files["described"], sd, describe_backbone(model), {"kind": "test"})
+    sources = {"official": ({"teacher": {f"backbone.{k}": v for k, v in sd.items()},
+                             "student": {f"module.backbone.{k}": torch.zeros_like(v) for k, v in sd.items()},
+                             "args": argparse.Namespace(arch="vit_tiny")}, ["--trust-checkpoint"]),
+               "timm": ({**sd, "head.weight": torch.randn(10, 96), "head.bias": torch.zeros(10)}, [])}
+    for fmt, (obj, trust) in sources.items():
+        src, files[fmt] = tmp_path / f"{fmt}_source.pth", tmp_path / f"{fmt}.pth"
+        torch.save(obj, src)
+        conv = subprocess.run([sys.executable, str(ROOT / "tools" / "convert_checkpoint.py"), str(src),
+                               str(files[fmt]), *trust, "--num-heads", "3"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
         assert conv.returncode == 0, conv.stdout + conv.stderr
-    assert load_file(dst)["model"]["num_heads"] == 3  # the converted file describes itself
+    for fmt, path in files.items():
+        assert load_file(path)["model"]["num_heads"] == 3, fmt  # the converted file describes itself
+        src = prepare_backbone(_request(path, tmp_path / f"w_{fmt}"))
+        assert src["model"] == expected and src["described"] is True, fmt
+        assert all(torch.equal(v, sd[k]) for k, v in _backbone(src).items()) and set(_backbone(src)) == set(sd)
+
     work = tmp_path / "work"
-    ok(evaluate(str(dst), "--suite", "knn", "--data-config", data_config(scenes, tmp_path / "data.json"),
+    ok(evaluate(str(files["official"]), "--suite", "knn", "--data-config", data_config(scenes, tmp_path / "d.json"),
                 "--work-dir", str(work)))
     rec = json.loads((work / "results.json").read_text())
-    assert rec["harnesses"]["knn"]["status"] == "ok" and rec["described"] is True
-    assert rec["model"] == {"family": "vit", "arch": None, "patch_size": 8, "img_size": 32, "embed_dim": 96,
-                            "depth": 2, "num_heads": 3}
+    assert rec["harnesses"]["knn"]["status"] == "ok" and rec["model"] == expected
     knn = json.loads((work / "knn" / "result.json").read_text())
     assert json.dumps(knn).count('"num_heads": 3') >= 1  # the transfer tool built the described model
 
