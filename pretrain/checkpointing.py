@@ -6,6 +6,11 @@ of the official full checkpoint: ``schema`` (:data:`SCHEMA`), ``student``, ``tea
 (epochs completed), ``iteration`` (global iterations completed), ``sampler``, ``rng`` (one
 :func:`ibot.distributed.rng_state` snapshot per rank, in rank order), ``world_size``, ``config``.
 
+Resuming (:func:`find_resumable`) takes the newest *usable* checkpoint: a truncated, foreign or incomplete newer
+file is reported by name and skipped (the engine then moves it aside as ``<name>.corrupt``); when no checkpoint is
+usable the run is refused with the list of files. :func:`stale_temp_files` finds what an interrupted atomic write
+(``ibot.atomic``: ``.<name>.<random>.tmp`` next to the destination) left behind.
+
 Version 1 files (``'format': 'ibot-suite/pretrain-v1'``, ``rng`` a flat rank-major list of torch
 CPU (and CUDA) generator states) are still read: :func:`load_checkpoint` upgrades them in memory.
 """
@@ -18,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ibot.checkpoint import load_file, save_file
+from ibot.checkpoint import CheckpointError, load_file, save_file
 from ibot.distributed import rng_state
 from ibot.records import schema_tag
 
@@ -30,6 +35,21 @@ LEGACY_FORMAT = "ibot-suite/pretrain-v1"
 #: Older name of :data:`SCHEMA`, kept for importers.
 FORMAT = SCHEMA
 _NAME = re.compile(r"checkpoint_iter(\d+)\.pth$")
+#: Keys a checkpoint needs to resume from.
+REQUIRED_KEYS = ("student", "teacher", "optimizer", "ibot_loss", "iteration", "rng")
+#: Suffix given to an unusable checkpoint moved aside on resume (no longer matched by :func:`list_checkpoints`).
+CORRUPT_SUFFIX = ".corrupt"
+#: Temporary files of interrupted atomic writes (``ibot.atomic``): in ``checkpoints/`` and in the work dir.
+_TEMP_IN_CHECKPOINTS = re.compile(r"^\.checkpoint_iter\d+\.pth\.[A-Za-z0-9_]+\.tmp$")
+_TEMP_IN_WORK_DIR = re.compile(r"^\.(config\.py|log\.jsonl|teacher_backbone\.pth)\.[A-Za-z0-9_]+\.tmp$")
+
+
+class ResumeError(RuntimeError):
+    """A run that cannot start or resume as asked; raised before anything in the work dir is changed."""
+
+
+class WorkDirInUseError(ResumeError, FileExistsError):
+    """A fresh start (``--no-resume``) in a work dir that holds checkpoints."""
 
 
 def checkpoint_path(work_dir: str, iteration: int) -> str:
@@ -99,3 +119,77 @@ def _upgrade_v1(state: dict[str, Any]) -> dict[str, Any]:
         rng.append(snap)
     state.pop("format")
     return {"schema": SCHEMA, **state, "rng": rng}
+
+
+def read_resumable(path: str) -> dict[str, Any]:
+    """:func:`load_checkpoint` plus a check that the state has what a resume needs.
+
+    Raises:
+        FileNotFoundError, ibot.checkpoint.CheckpointError (truncated, corrupt, pickles code: never unpickled),
+        ValueError (not a checkpoint of this engine, or lacking keys).
+    """
+    state = load_checkpoint(path)
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} lacks the key(s) {', '.join(missing)} a resume needs (an incomplete checkpoint)")
+    return state
+
+
+def _why(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, (CheckpointError, ValueError)) else f"{type(exc).__name__}: {exc}"
+
+
+def find_resumable(work_dir: str) -> tuple[str | None, dict[str, Any] | None, list[tuple[str, str]]]:
+    """(path, state) of the newest usable checkpoint of ``work_dir`` and the (path, reason) of every newer file that
+    is not usable; (None, None, []) when there are no checkpoints.
+
+    Raises:
+        ResumeError: checkpoints exist but none is usable (the message names each file and why).
+    """
+    bad: list[tuple[str, str]] = []
+    for _, path in reversed(list_checkpoints(work_dir)):
+        try:
+            return path, read_resumable(path), bad
+        except (OSError, CheckpointError, ValueError, KeyError, EOFError, RuntimeError, TypeError, IndexError) as e:
+            bad.append((path, _why(e)))
+    if not bad:
+        return None, None, []
+    listing = "\n".join(f"  {p}: {why}" for p, why in bad)
+    raise ResumeError(
+        f"cannot resume: none of the {len(bad)} checkpoint(s) in {os.path.join(work_dir, 'checkpoints')} is usable:\n"
+        f"{listing}\nDelete them (or the whole work dir) to start over, replace them with intact copies, or pass "
+        "--resume PATH with a good checkpoint (or use another --work-dir). Nothing in the work dir was changed.")
+
+
+def set_aside(paths: list[str]) -> list[str]:
+    """Rename unusable checkpoints to ``<name>.corrupt`` (kept for inspection, never resumed from or counted by
+    ``keep_last``); returns the new paths."""
+    out = []
+    for p in paths:
+        if os.path.exists(p):
+            os.replace(p, p + CORRUPT_SUFFIX)
+            out.append(p + CORRUPT_SUFFIX)
+    return out
+
+
+def stale_temp_files(work_dir: str) -> list[str]:
+    """Temporary files left by interrupted atomic writes of the engine in ``work_dir`` and its ``checkpoints/``."""
+    found = []
+    for folder, pattern in ((os.path.join(work_dir, "checkpoints"), _TEMP_IN_CHECKPOINTS),
+                            (work_dir, _TEMP_IN_WORK_DIR)):
+        if os.path.isdir(folder):
+            found += [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if pattern.match(f)]
+    return found
+
+
+def remove_stale_temp_files(work_dir: str) -> list[str]:
+    """Delete :func:`stale_temp_files` (call before the run writes anything: no write of its own is under way);
+    returns the removed paths."""
+    removed = []
+    for p in stale_temp_files(work_dir):
+        try:
+            os.remove(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed

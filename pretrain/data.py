@@ -17,11 +17,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ibot.augment import MultiCropAugmentation
+from ibot.images import open_rgb
 from ibot.masking import MaskGenerator
 from pretrain.gpu_augment import collate_for_gpu, decode_for_gpu
 
@@ -83,8 +84,9 @@ class PretrainDataset(Dataset):
     """Indexed by ``(epoch, index)``; returns ``(crops, global masks, n_bad)``.
 
     crops: list of (3, S, S) float tensors (global crops first); masks: list of (S/p, S/p) bool
-    tensors for the global crops; n_bad: 1 if the file was unreadable and replaced (``on_bad_file=
-    'skip'``), else 0. ``on_bad_file='fail'`` raises naming the file.
+    tensors for the global crops; n_bad: 1 if the file was unusable (unreadable, truncated, not an image, a
+    decompression bomb) and replaced by another (``on_bad_file='skip'``, with a warning naming it), else 0.
+    ``on_bad_file='fail'`` raises naming the file.
     """
 
     def __init__(
@@ -112,9 +114,10 @@ class PretrainDataset(Dataset):
         return len(self.paths)
 
     def _open(self, index: int) -> Image.Image:
-        with open(self.paths[index], "rb") as f:
-            img = Image.open(f)
-            return img.convert("RGB")
+        """The image as 8-bit RGB (``ibot.images.open_rgb``: 16-bit scaled, not clipped); raises
+        ``ibot.images.BadImageError`` (an ``OSError``) naming the file when it is unreadable, truncated, not an image
+        or a decompression bomb."""
+        return open_rgb(self.paths[index])
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[list[Tensor] | tuple[Tensor, tuple[int, int]],
                                                            list[Tensor], int]:
@@ -125,11 +128,11 @@ class PretrainDataset(Dataset):
             try:
                 img = self._open(i)
                 break
-            except (OSError, UnidentifiedImageError, ValueError) as e:
+            except OSError as e:  # BadImageError names the file and why (decompression bombs included)
                 if self.on_bad_file == "fail":
-                    raise RuntimeError(f"cannot read image {self.paths[i]!r}: {e} "
-                                       f"(set data.on_bad_file='skip' to skip unreadable files)") from e
-                log.warning("skipping unreadable image %s: %s", self.paths[i], e)
+                    raise RuntimeError(f"unusable image {self.paths[i]!r}: {e} (data.on_bad_file='fail'; remove or "
+                                       "replace the file, or set data.on_bad_file='skip' to skip such files)") from e
+                log.warning("skipping unusable image %s (data.on_bad_file='skip'): %s", self.paths[i], e)
                 n_bad = 1
         else:
             raise RuntimeError(f"{self.max_bad_retries + 1} consecutive unreadable images from "

@@ -8,6 +8,14 @@ file, :func:`ibot.checkpoint.save_backbone`).
 
 :func:`train` = :func:`build_run` (the pieces, in a :class:`PretrainRun`) + :func:`run_loop`.
 
+Failure behaviour: the merged config is validated first (:func:`pretrain.settings.validate_config`: unknown keys,
+value kinds, ranges); a resume takes the newest *usable* checkpoint (a truncated or foreign newer one is named and
+moved aside) and refuses one trained with other result-changing settings unless ``force_resume``; all of this, and
+building the data and models, happens before the work dir is touched, so a refused run leaves it byte-identical.
+Then stale temporary files of interrupted writes are removed, ``config.py`` is written and ``log.jsonl`` trimmed
+to the resumed iteration (atomically). Unusable images are skipped with a warning or fail the run, naming the
+file (``data.on_bad_file``).
+
 ``train.parallel``: ``'ddp'`` (default) wraps the student pass in DDP, each process holding full
 replicas; ``'fsdp'`` shards student, teacher, gradients and optimizer state with FSDP2
 (``pretrain/fsdp.py``) to save the memory of those replicas (ViT-L). Both give the same losses up to
@@ -26,8 +34,9 @@ from mmengine.config import Config
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from ibot.atomic import atomic_write_text
 from ibot.augment import MultiCropAugmentation
-from ibot.checkpoint import describe_backbone, save_backbone
+from ibot.checkpoint import CheckpointError, describe_backbone, save_backbone
 from ibot.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -45,7 +54,16 @@ from ibot.optim import param_groups
 from ibot.schedules import cosine_scheduler
 from ibot.train_step import StudentPass, TeacherPass, iBOTTrainStep
 from ibot.vit import build_vit, iBOTViT
-from pretrain.checkpointing import latest_checkpoint, load_checkpoint, save_checkpoint
+from pretrain.checkpointing import (
+    ResumeError,
+    WorkDirInUseError,
+    find_resumable,
+    list_checkpoints,
+    read_resumable,
+    remove_stale_temp_files,
+    save_checkpoint,
+    set_aside,
+)
 from pretrain.data import PretrainDataset, ResumableBatchSampler, collate, sample_seed, scan_images
 from pretrain.fsdp import (
     PARALLEL_MODES,
@@ -57,7 +75,8 @@ from pretrain.fsdp import (
 )
 from pretrain.gpu_augment import BatchedMultiCrop
 from pretrain.knn_monitor import KNNMonitor
-from pretrain.monitor import Monitor, train_flops_per_image
+from pretrain.monitor import LOG_FILE, Monitor, train_flops_per_image, trim_log
+from pretrain.settings import result_differences, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -239,12 +258,47 @@ def _build_step(cfg: Config, env: DistEnv, student: nn.Module, teacher: nn.Modul
     return step, sharded
 
 
-def _checkpoint_to_resume(work_dir: str, resume: bool | str) -> str | None:
-    """The checkpoint to continue from (``resume``: True = newest in the work dir, a path, False = none;
-    False refuses a work dir that already has checkpoints)."""
-    if resume is False and latest_checkpoint(work_dir):
-        raise FileExistsError(f"{work_dir} already holds checkpoints; resume, or choose another work dir")
-    return latest_checkpoint(work_dir) if resume is True else (resume or None)
+def _checkpoint_to_resume(work_dir: str, resume: bool | str) -> tuple[str | None, dict[str, Any] | None,
+                                                                      list[tuple[str, str]]]:
+    """(path, state) of the checkpoint to continue from, and the (path, reason) of unusable newer checkpoints of
+    the work dir that were skipped. ``resume``: True = the newest usable one in the work dir (none: start fresh),
+    a path = that file, False = none (refuses a work dir that already has checkpoints). Reads only."""
+    if resume is False:
+        ckpts = list_checkpoints(work_dir)
+        if ckpts:
+            raise WorkDirInUseError(
+                f"{work_dir} already holds checkpoints ({len(ckpts)}, newest {ckpts[-1][1]}); resume (drop "
+                "--no-resume), choose another --work-dir, or delete its checkpoints/ folder to start over")
+        return None, None, []
+    if resume is True:
+        return find_resumable(work_dir)
+    path = os.fspath(resume)
+    try:
+        return path, read_resumable(path), []
+    except (OSError, CheckpointError, ValueError, KeyError, EOFError, RuntimeError, TypeError, IndexError) as e:
+        raise ResumeError(f"cannot resume from {path}: {e}\nPass another checkpoint to --resume (or none, for the "
+                          "newest usable one of the work dir). Nothing in the work dir was changed.") from e
+
+
+def _check_settings(cfg: Config, state: dict[str, Any], path: str, work_dir: str, world: int,
+                    force: bool) -> list[str]:
+    """Compare the result-changing settings of the checkpoint's config with ``cfg`` (see
+    :data:`pretrain.settings.NON_RESULT_KEYS` for what may change); refuse differences unless ``force``. Returns
+    the differences (forced)."""
+    stored = state.get("config")
+    if not isinstance(stored, dict):
+        log.warning("checkpoint %s stores no config: its settings cannot be compared with the current ones", path)
+        return []
+    diffs = result_differences(stored, cfg.to_dict(), state.get("world_size"), world)
+    if diffs and not force:
+        listing = "\n  ".join(diffs)
+        raise ResumeError(
+            f"refusing to resume from {path}: it was trained with other settings, and continuing would mix two "
+            f"runs (replayed iterations, other schedules):\n  {listing}\nRun with the checkpoint's values (those "
+            f"of {os.path.join(work_dir, 'config.py')} when the checkpoint is from this work dir), use another "
+            "--work-dir for the new settings, or pass --force-resume to continue with the new ones (config.py is "
+            "then rewritten). Nothing in the work dir was changed.")
+    return diffs
 
 
 def _build_knn(cfg: Config, env: DistEnv) -> KNNMonitor | None:
@@ -266,39 +320,77 @@ def _build_device_aug(cfg: Config, env: DistEnv) -> BatchedMultiCrop | None:
         a.local_crops_number, a.global_crop_size, a.local_crop_size).to(env.device)
 
 
-def build_run(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv) -> PretrainRun:
-    """Every piece of a run, restored from a checkpoint when resuming (see :func:`train` for ``resume``).
+def build_run(cfg: Config, work_dir: str, resume: bool | str, env: DistEnv,
+              force_resume: bool = False) -> PretrainRun:
+    """Every piece of a run, restored from a checkpoint when resuming (see :func:`train` for ``resume`` and
+    ``force_resume``).
 
-    The order of the steps is part of the numbers: model initialisation and the drop-path stream are
-    seeded here.
+    Everything that can refuse the run (config validation, the checkpoint to resume from, changed settings, the
+    data, the models, the restore) happens before the work dir is touched: a refused run leaves it as it was.
+    Then the main process prepares it (:func:`_prepare_work_dir`). The order of the steps is part of the
+    numbers: model initialisation and the drop-path stream are seeded here.
     """
-    os.makedirs(work_dir, exist_ok=True)
-    if env.is_main:
-        cfg.dump(os.path.join(work_dir, "config.py"))
+    validate_config(cfg)
+    ckpt_path, state, bad = _checkpoint_to_resume(work_dir, resume)
+    forced = _check_settings(cfg, state, ckpt_path, work_dir, env.world, force_resume) if state is not None else []
     loader, sampler = build_loader(cfg, env)
     student, teacher, loss = _build_models(cfg, env)
     step, sharded = _build_step(cfg, env, student, teacher, loss, sampler.batches_per_epoch)
     run = PretrainRun(cfg, work_dir, env, loader, sampler, step, sharded)
-    ckpt_path = _checkpoint_to_resume(work_dir, resume)
-    if ckpt_path:
-        run.start = _restore(ckpt_path, run)
-        if env.is_main:
-            print(f"resumed from {ckpt_path} at iteration {run.start}/{run.total}", flush=True)
+    if state is not None:
+        run.start = _restore(state, ckpt_path, run)
+        del state
     run.knn = _build_knn(cfg, env)
     run.device_aug = _build_device_aug(cfg, env)
+    barrier()  # every process has read the checkpoints before the main one moves unusable ones aside
+    if env.is_main:
+        _prepare_work_dir(run, bad, ckpt_path)
+        if forced:
+            log.warning("--force-resume: continuing from %s with changed settings (the checkpoint's values first):"
+                        "\n  %s", ckpt_path, "\n  ".join(forced))
+        if ckpt_path:
+            print(f"resumed from {ckpt_path} at iteration {run.start}/{run.total}", flush=True)
     return run
 
 
+def _prepare_work_dir(run: PretrainRun, bad: list[tuple[str, str]], resumed: str | None) -> None:
+    """Make the work dir consistent with the start of this run (main process, before anything is written):
+    remove temporary files of interrupted writes, move unusable checkpoints aside, write config.py (atomically),
+    and trim log.jsonl to the resumed iteration (those after it are replayed)."""
+    work_dir = run.work_dir
+    os.makedirs(work_dir, exist_ok=True)
+    removed = remove_stale_temp_files(work_dir)
+    if removed:
+        log.warning("removed %d temporary file(s) of interrupted writes: %s", len(removed), ", ".join(removed))
+    for path, why in bad:
+        moved = set_aside([path])
+        log.warning("checkpoint %s is not usable (%s)%s; resuming from the previous one, %s", path, why,
+                    f"; moved aside to {moved[0]}" if moved else "", resumed)
+    atomic_write_text(os.path.join(work_dir, "config.py"), run.cfg.pretty_text)
+    dropped = trim_log(os.path.join(work_dir, LOG_FILE), run.start)
+    if dropped:
+        log.warning("%s: dropped %d record(s) after iteration %d (they are replayed now)",
+                    os.path.join(work_dir, LOG_FILE), dropped, run.start)
+
+
 # ---------------------------------------------------------------------------------------------------- loop
-def train(cfg: Config, work_dir: str, resume: bool | str = True, device: str | None = None) -> dict[str, Any]:
+def train(cfg: Config, work_dir: str, resume: bool | str = True, device: str | None = None,
+          force_resume: bool = False) -> dict[str, Any]:
     """Run pretraining as configured; returns the last logged record.
 
-    ``resume``: True = continue from the newest checkpoint in ``work_dir`` if any, a path = from
-    that checkpoint, False = start fresh (refuses to overwrite a work dir that has checkpoints).
+    ``resume``: True = continue from the newest usable checkpoint in ``work_dir`` if any (an unusable newer one
+    is named and moved aside), a path = from that checkpoint, False = start fresh (refuses a work dir that has
+    checkpoints). A resume refuses a checkpoint trained with other result-changing settings
+    (:func:`pretrain.settings.result_differences`) unless ``force_resume``.
+
+    Raises:
+        pretrain.settings.PretrainConfigError: an invalid config (nothing is written).
+        pretrain.checkpointing.ResumeError: the run cannot start or resume as asked (nothing is written).
     """
+    validate_config(cfg)  # before joining the process group
     env = init_distributed(device)
     try:
-        return run_loop(build_run(cfg, work_dir, resume, env))
+        return run_loop(build_run(cfg, work_dir, resume, env, force_resume))
     finally:
         shutdown()
 
@@ -353,11 +445,18 @@ def run_loop(run: PretrainRun) -> dict[str, Any]:
 
 
 def _monitor_knn(run: PretrainRun, monitor: Monitor, it: int) -> dict[str, float]:
-    """k-NN top-1 of the teacher on rank 0 (``{}`` elsewhere); every rank calls this."""
-    backbone = _knn_backbone(run)  # a collective under FSDP
+    """k-NN top-1 of the teacher on rank 0 (``{}`` elsewhere); every rank calls this.
+
+    The monitor leaves the training RNG streams as they were (the evaluation loader draws a seed from torch's
+    global generator, and the gathered FSDP copy is initialised randomly before loading): turning it on or off,
+    or resuming from the checkpoint written just before it ran, gives the same training."""
+    cuda = [run.env.device] if run.env.device.type == "cuda" else []
     out = {}
-    if run.knn is not None:
-        out["knn_top1"] = run.knn(backbone, run.env.device)
+    with torch.random.fork_rng(devices=cuda):
+        backbone = _knn_backbone(run)  # a collective under FSDP
+        if run.knn is not None:
+            out["knn_top1"] = run.knn(backbone, run.env.device)
+    if out:
         monitor.log_scalars(it, out)
     barrier()
     return out
@@ -451,20 +550,24 @@ def _save(run: PretrainRun, it: int) -> None:
     barrier()
 
 
-def _restore(path: str, run: PretrainRun) -> int:
-    """Load a checkpoint into the run's models, optimizer, loss centers, scaler and this rank's RNGs;
-    returns the iterations it had done."""
-    state = load_checkpoint(path)  # every rank reads the full state; FSDP keeps its own shards
+def _restore(state: dict[str, Any], path: str, run: PretrainRun) -> int:
+    """Load a checkpoint's state (every rank reads the full state; FSDP keeps its own shards) into the run's
+    models, optimizer, loss centers, scaler and this rank's RNGs; returns the iterations it had done."""
     step, env = run.step, run.env
-    if run.sharded:
-        load_full_model_state(step.student, state["student"])
-        load_full_model_state(step.teacher, state["teacher"])
-        load_full_optimizer_state(step.optimizer, state["optimizer"])
-    else:
-        step.student.load_state_dict(state["student"])
-        step.teacher.load_state_dict(state["teacher"])
-        step.optimizer.load_state_dict(state["optimizer"])
-    step.loss.load_state_dict(state["ibot_loss"])
+    try:
+        if run.sharded:
+            load_full_model_state(step.student, state["student"])
+            load_full_model_state(step.teacher, state["teacher"])
+            load_full_optimizer_state(step.optimizer, state["optimizer"])
+        else:
+            step.student.load_state_dict(state["student"])
+            step.teacher.load_state_dict(state["teacher"])
+            step.optimizer.load_state_dict(state["optimizer"])
+        step.loss.load_state_dict(state["ibot_loss"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ResumeError(f"checkpoint {path} does not fit the configured model or optimizer (were model.* or "
+                          f"augmentation.* changed with --force-resume?): {e}\nNothing in the work dir was "
+                          "changed.") from e
     if step.scaler is not None and state.get("fp16_scaler"):
         step.scaler.load_state_dict(state["fp16_scaler"])
     rng = state["rng"]

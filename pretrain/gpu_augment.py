@@ -103,6 +103,8 @@ def decode_for_gpu(img: Image.Image, max_side: int = 256) -> tuple[Tensor, tuple
     arr = np.asarray(img, dtype=np.uint8)
     if (h, w) != (max_side, max_side):
         arr = np.pad(arr, ((0, max_side - h), (0, max_side - w), (0, 0)), mode="edge")
+    elif not arr.flags.writeable:  # a view of PIL's buffer: torch warns about (and must not share) it
+        arr = arr.copy()
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous(), (h, w)
 
 

@@ -9,7 +9,11 @@ import time
 import torch
 from tqdm import tqdm
 
+from ibot.atomic import atomic_write_text
 from ibot.records import json_safe
+
+#: File name of the JSON-lines log in the work dir.
+LOG_FILE = "log.jsonl"
 
 # Dense bf16/fp16 tensor-core peaks (FLOP/s) of GPUs we know, for MFU; None elsewhere.
 PEAK_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
@@ -53,6 +57,29 @@ def peak_flops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def trim_log(path: str, iteration: int) -> int:
+    """Keep the records of ``path`` (JSON lines) up to ``iteration``, atomically: a resumed run replays the
+    iterations after its checkpoint, and their records would otherwise appear twice. Lines that do not parse
+    (one half-written when the run was killed) are dropped too. Returns the number of lines dropped (the file is
+    rewritten only when something changes)."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            keep = isinstance(row, dict) and int(row["iteration"]) <= iteration
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if kept != lines:
+        atomic_write_text(path, "".join(kept))
+    return len(lines) - len(kept)
+
+
 class Monitor:
     """Rank-0 logger. ``log(it, scalars, images)`` at the logging interval (the only host sync)."""
 
@@ -66,7 +93,7 @@ class Monitor:
         if not enabled:
             return
         os.makedirs(work_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(work_dir, "log.jsonl"), "a", buffering=1)
+        self.jsonl = open(os.path.join(work_dir, LOG_FILE), "a", buffering=1)
         self.tb = None
         if tensorboard:
             try:
@@ -74,7 +101,8 @@ class Monitor:
             except ImportError as e:  # tensorboard is a dependency; say what is missing
                 raise RuntimeError("log.tensorboard=True needs the 'tensorboard' package "
                                    "(pip install tensorboard) or set log.tensorboard=False") from e
-            self.tb = SummaryWriter(os.path.join(work_dir, "tensorboard"))
+            # Events after the resumed iteration (written before the run stopped) are replayed: hide the old ones.
+            self.tb = SummaryWriter(os.path.join(work_dir, "tensorboard"), purge_step=start_iter + 1)
         self.bar = tqdm(total=total_iters, initial=start_iter, desc="pretrain", unit="it",
                         disable=not sys.stderr.isatty(), dynamic_ncols=True)
 

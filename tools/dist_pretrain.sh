@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Multi-GPU / multi-node pretraining with torchrun:
-#   bash tools/dist_pretrain.sh CONFIG GPUS [--work-dir DIR] [--cfg-options k=v ...]
+#   bash tools/dist_pretrain.sh CONFIG GPUS [--work-dir DIR] [--cfg-options k=v ...] [--force-resume]
+# (the arguments of tools/pretrain.py: resumes from the newest usable checkpoint of the work dir, refusing
+# changed result-changing settings unless --force-resume)
 # Multi-node: NNODES=2 NODE_RANK=0|1 MASTER_ADDR=host0 PORT=29500 on each node.
 set -euo pipefail
 CONFIG=${1:?usage: dist_pretrain.sh CONFIG GPUS [args]}

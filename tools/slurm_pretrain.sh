@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Pretraining on slurm: bash tools/slurm_pretrain.sh PARTITION JOB_NAME CONFIG WORK_DIR [args]
+# (args: those of tools/pretrain.py, e.g. --cfg-options k=v ..., --force-resume; a requeued job resumes
+# from the newest usable checkpoint of WORK_DIR)
 # Env: GPUS (total, default 16), GPUS_PER_NODE (8), CPUS_PER_TASK (10), SRUN_ARGS.
 set -euo pipefail
 PARTITION=${1:?usage: slurm_pretrain.sh PARTITION JOB_NAME CONFIG WORK_DIR [args]}
