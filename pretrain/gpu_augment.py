@@ -70,6 +70,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
+from typing import Any
 
 import kornia
 import numpy as np
@@ -175,7 +176,8 @@ def _q(x: Tensor, quantize: bool) -> Tensor:
 
 
 class BatchedMultiCrop(nn.Module):
-    """Batched on-device `ibot.augment.MultiCropAugmentation` (same constructor arguments).
+    """Batched on-device `ibot.augment.MultiCropAugmentation`: the same crop geometry arguments (those of
+    `ibot.augment.MultiCropSpec`, positional or by name), plus the device-only options below.
 
     ``forward(images, sizes=None, generator=None, seed=None) -> list[Tensor]``:
       images: uint8 (B, 3, P, Q) or float in [0, 1], on the device;
@@ -188,21 +190,16 @@ class BatchedMultiCrop(nn.Module):
 
     def __init__(
         self,
-        global_crops_scale: Sequence[float] = (0.14, 1.0),
-        local_crops_scale: Sequence[float] = (0.05, 0.4),
-        global_crops_number: int = 2,
-        local_crops_number: int = 0,
-        global_crop_size: int = 224,
-        local_crop_size: int = 96,
-        *,
+        *geometry: Any,
         quantize: bool = True,
         blur_sigma: tuple[float, float] = (0.1, 2.0),
         blur_truncate: float = 4.0,
         interpolation: str = "bicubic",
+        **geometry_by_name: Any,
     ) -> None:
         super().__init__()
-        self.spec = MultiCropSpec(global_crops_scale, local_crops_scale, global_crops_number, local_crops_number,
-                                  global_crop_size, local_crop_size)
+        # one definition of the crop geometry (and its validation) for both pipelines
+        self.spec = MultiCropSpec(*geometry, **geometry_by_name)
         for name, value in asdict(self.spec).items():
             setattr(self, name, value)
         self.quantize = quantize
