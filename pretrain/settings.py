@@ -12,7 +12,6 @@ weights it computes. A resume refuses other differences unless forced (``--force
 from __future__ import annotations
 
 import copy
-import difflib
 import fnmatch
 import inspect
 import math
@@ -23,6 +22,7 @@ from typing import Any
 
 from mmengine.config import Config
 
+from ibot import config_check as cc
 from ibot.masking import MaskGenerator
 from ibot.vit import ARCHS, iBOTViT
 from pretrain.fsdp import PARALLEL_MODES
@@ -61,8 +61,8 @@ def base_config() -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------------- kinds
-_KIND_NAMES = {"bool": "a bool (True / False)", "int": "an int", "float": "a number", "str": "a string",
-               "none": "None", "list": "a list", "dict": "a dict of settings", "float_list": "a list of numbers"}
+#: Kind names as a Python config file writes them (:mod:`ibot.config_check` names the rest).
+_KIND_NAMES = {**cc.KIND_NAMES, "bool": "a bool (True / False)", "int": "an int", "dict": "a dict of settings"}
 
 #: Keys whose value may take another kind than their default's.
 _ALTERNATE_KINDS: dict[str, tuple[str, ...]] = {
@@ -76,77 +76,14 @@ _ALTERNATE_KINDS: dict[str, tuple[str, ...]] = {
 _FREE_SECTIONS = ("model.vit_overrides",)
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    if isinstance(value, Mapping):
-        return "dict"
-    return type(value).__name__
-
-
-def _accepts(expected: str, value: Any) -> bool:
-    kind = _kind(value)
-    if expected == "float":
-        return kind in ("float", "int")
-    if expected == "float_list":
-        return kind == "list" and len(value) > 0 and all(_kind(v) in ("float", "int") for v in value)
-    return kind == expected
-
-
-def _describe(kinds: tuple[str, ...]) -> str:
-    return " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
-
-
-def _flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Dotted keys -> values of a nested config (dicts are descended into, lists are values)."""
-    out: dict[str, Any] = {}
-    for k, v in cfg.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
-    node: Any = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
-def nearest_key(key: str, known: list[str]) -> str | None:
-    """The known dotted key nearest to ``key`` (``difflib``: the whole key, else its last component), or None."""
-    out = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    if out:
-        return out[0]
-    leaf = key.rsplit(".", 1)[-1]
-    for name in difflib.get_close_matches(leaf, sorted({k.rsplit(".", 1)[-1] for k in known}), n=1, cutoff=0.75):
-        return next(k for k in known if k.rsplit(".", 1)[-1] == name)
-    return None
-
-
 def _check_keys_and_kinds(cfg: Mapping[str, Any], base: Mapping[str, Any], problems: list[str],
                           known: list[str], prefix: str = "") -> None:
     for key, value in cfg.items():
         full = f"{prefix}{key}"
         if key not in base:
             section = f"keys of '{prefix[:-1]}'" if prefix else "sections"
-            leaves = _flatten(value, full + ".") if isinstance(value, Mapping) and value else {full: value}
-            for leaf in leaves:
-                near = nearest_key(leaf, known)
-                hint = f"; did you mean '{near}'?" if near else ""
+            for leaf in cc.flatten({key: value}, prefix):
+                hint = cc.did_you_mean(cc.nearest_keys(leaf, known, n=1))
                 problems.append(f"unknown config key '{leaf}'{hint} (valid {section}: {', '.join(sorted(base))})")
             continue
         default = base[key]
@@ -157,19 +94,22 @@ def _check_keys_and_kinds(cfg: Mapping[str, Any], base: Mapping[str, Any], probl
             else:
                 _check_keys_and_kinds(value, default, problems, known, full + ".")
             continue
-        kinds = _ALTERNATE_KINDS.get(full) or (_kind(default),)
-        if not any(_accepts(k, value) for k in kinds):
-            problems.append(f"config key '{full}' is {value!r} ({_KIND_NAMES.get(_kind(value), _kind(value))}); "
-                            f"expected {_describe(kinds)}, e.g. {full}={default!r}")
+        kinds = cc.key_kinds(full, default, _ALTERNATE_KINDS)
+        if not cc.accepts(value, kinds):
+            got = cc.kind_name(cc.kind_of(value), _KIND_NAMES)
+            problems.append(f"config key '{full}' is {value!r} ({got}); "
+                            f"expected {cc.describe_kinds(kinds, _KIND_NAMES)}, e.g. {full}={default!r}")
             continue
-        if _kind(default) == "list" and _kind(value) == "list":  # fixed-length number pairs (crop scales)
-            if len(value) != len(default) or not all(_kind(v) in ("int", "float") for v in value):
+        if cc.kind_of(default) == "list" and cc.kind_of(value) == "list":  # fixed-length number pairs (crop scales)
+            if len(value) != len(default) or not cc.accepts(value, ("float_list",)):
                 problems.append(f"config key '{full}' is {value!r}; expected {len(default)} numbers, "
                                 f"e.g. {full}={tuple(default)!r}")
 
 
 def _check_vit_overrides(cfg: Mapping[str, Any], problems: list[str]) -> None:
-    over = cfg.get("model", {}).get("vit_overrides")
+    model = cfg.get("model")
+    over = model.get("vit_overrides") if isinstance(model, Mapping) else None  # a non-dict `model` is reported
+    # by the kind check
     if not isinstance(over, Mapping):
         if over is not None:
             problems.append(f"config key 'model.vit_overrides' is {over!r}; expected a dict of ViT arguments, "
@@ -178,8 +118,8 @@ def _check_vit_overrides(cfg: Mapping[str, Any], problems: list[str]) -> None:
     valid = [p for p in inspect.signature(iBOTViT.__init__).parameters if p != "self"]
     for k in over:
         if k not in valid:
-            near = difflib.get_close_matches(str(k), valid, n=1)
-            hint = f"; did you mean 'model.vit_overrides.{near[0]}'?" if near else ""
+            near = cc.nearest_keys(str(k), valid, n=1)
+            hint = cc.did_you_mean(f"model.vit_overrides.{name}" for name in near)
             problems.append(f"unknown config key 'model.vit_overrides.{k}'{hint} (ViT arguments: {', '.join(valid)})")
 
 
@@ -227,13 +167,13 @@ _CHOICES: dict[str, tuple[Any, ...]] = {
 
 
 def _check_ranges(cfg: Mapping[str, Any], problems: list[str]) -> None:
-    flat = _flatten(cfg)
+    flat = cc.flatten(cfg)
     for key, value in flat.items():
         if isinstance(value, float) and not math.isfinite(value):
             problems.append(f"config key '{key}' is {value!r}; expected a finite number")
     for key, (ok, text) in _RANGES.items():
         value = flat.get(key)
-        if _kind(value) in ("int", "float") and math.isfinite(value) and not ok(value):
+        if cc.is_finite_number(value) and not ok(value):
             problems.append(f"config key '{key}' is {value!r}; it must be {text}")
     for key, choices in _CHOICES.items():
         if key in flat and flat[key] not in choices:
@@ -244,7 +184,7 @@ def _check_ranges(cfg: Mapping[str, Any], problems: list[str]) -> None:
                         "data.root=/data/imagenet/train")
     m = cfg.get("masking", {})
     ratio, var = m.get("pred_ratio"), m.get("pred_ratio_var")
-    if all(_accepts("float", v) or _accepts("float_list", v) for v in (ratio, var)):
+    if all(cc.accepts(v, ("float", "float_list")) for v in (ratio, var)):
         try:
             MaskGenerator(ratio, var)
         except ValueError as e:
@@ -253,7 +193,7 @@ def _check_ranges(cfg: Mapping[str, Any], problems: list[str]) -> None:
     a = cfg.get("augmentation", {})
     for key in ("global_crops_scale", "local_crops_scale"):
         sc = a.get(key)
-        if isinstance(sc, (list, tuple)) and len(sc) == 2 and all(_kind(v) in ("int", "float") for v in sc):
+        if isinstance(sc, (list, tuple)) and len(sc) == 2 and cc.accepts(sc, ("float_list",)):
             if not 0.0 < sc[0] <= sc[1] <= 1.0:
                 problems.append(f"config key 'augmentation.{key}' is {tuple(sc)!r}; expected (min, max) area "
                                 "fractions with 0 < min <= max <= 1")
@@ -261,11 +201,8 @@ def _check_ranges(cfg: Mapping[str, Any], problems: list[str]) -> None:
 
 
 def _number(cfg: Mapping[str, Any], key: str) -> float | None:
-    try:
-        value = _lookup(cfg, key)
-    except (KeyError, TypeError):
-        return None
-    return value if _kind(value) in ("int", "float") and math.isfinite(value) else None
+    found, value = cc.lookup(cfg, key)
+    return value if found and cc.is_finite_number(value) else None
 
 
 def _check_relations(cfg: Mapping[str, Any], problems: list[str]) -> None:
@@ -300,7 +237,7 @@ def validate_config(cfg: Config | Mapping[str, Any]) -> None:
     listing every problem (the message names each key); returns None when the config can run."""
     d = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     base = _base()
-    known = list(_flatten(base))
+    known = list(cc.flatten(base))
     problems: list[str] = []
     _check_keys_and_kinds(d, base, problems, known)
     _check_vit_overrides(d, problems)
@@ -355,7 +292,7 @@ def result_differences(stored: Mapping[str, Any], now: Mapping[str, Any], stored
     The batch is compared as the global batch (``data.batch_size_per_gpu`` x processes): the same global batch
     split over another number of processes gives the same samples and schedules.
     """
-    a, b = _flatten(_with_defaults(stored)), _flatten(_with_defaults(now))
+    a, b = cc.flatten(_with_defaults(stored)), cc.flatten(_with_defaults(now))
     out = []
     for key in sorted(set(a) | set(b)):
         if not is_result_key(key) or key == "data.batch_size_per_gpu":

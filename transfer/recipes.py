@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import ast
 import copy
-import difflib
 import importlib
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
+from ibot import config_check as cc
 from ibot.features import FeatureSpec
 from transfer.backbone import recipe_arch
 from transfer.configs import defaults
@@ -57,106 +56,36 @@ VALUE_KINDS: dict[str, tuple[str, ...]] = {
 #: Element kind of list-valued keys whose default does not show it.
 ELEMENT_KINDS = {"features": "dict"}
 
-_KIND_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-               "list": "a list", "dict": "a dict", "none": "None"}
-
-
-def _kind(value: Any) -> str:
-    """``'bool' | 'int' | 'float' | 'str' | 'none' | 'list' | 'dict'`` (or the type name of anything else)."""
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "float"
-    if isinstance(value, str):
-        return "str"
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    if isinstance(value, Mapping):
-        return "dict"
-    return type(value).__name__
+#: Up to three known dotted keys nearest to an unknown one (:func:`ibot.config_check.nearest_keys`).
+suggest_keys = cc.nearest_keys
 
 
 def _kinds(key: str, default: Any) -> tuple[str, ...]:
     """The kinds ``key`` accepts: :data:`VALUE_KINDS`, else its default's (``None`` default: any)."""
-    if key in VALUE_KINDS:
-        return VALUE_KINDS[key]
-    kind = _kind(default)
-    return () if kind == "none" else (kind,)
-
-
-def _element_kind(key: str, default: Any) -> str | None:
-    """The kind of each element of a list-valued key (from :data:`ELEMENT_KINDS` or the default's elements)."""
-    if key in ELEMENT_KINDS:
-        return ELEMENT_KINDS[key]
-    if isinstance(default, (list, tuple)) and default:
-        kinds = {_kind(v) for v in default}
-        return "float" if kinds == {"int", "float"} else kinds.pop() if len(kinds) == 1 else None
-    return None
-
-
-def _describe(kinds: Iterable[str]) -> str:
-    return " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
+    return cc.key_kinds(key, default, VALUE_KINDS)
 
 
 def check_value(key: str, value: Any, default: Any) -> Any:
     """``value`` for config ``key`` checked against the kinds the key takes (see :data:`VALUE_KINDS`); an int for a
     float key becomes a float, a tuple a list. Raises :class:`ConfigValueError` naming the key."""
-    kinds = _kinds(key, default)
-    kind = _kind(value)
-    if not kinds:  # a None default with no declared kind: anything JSON-like
-        return value
-    if kind == "int" and "float" in kinds and "int" not in kinds:
-        return float(value)
-    if kind == "list" and "list" in kinds:
-        elem = _element_kind(key, default)
-        if elem is None:
-            return list(value)
-        return [check_value(f"{key}[{i}]", v, _EXAMPLES[elem]) for i, v in enumerate(value)]
-    if kind in kinds:
-        return value
-    example = f"{key}={default!r}" if default is not None else f"{key}=<{_describe(kinds)}>"
-    got = _KIND_NAMES.get(kind, kind)
-    raise ConfigValueError(f"config key '{key}' must be {_describe(kinds)}, got {value!r} ({got}); "
-                           f"e.g. --set {example}")
-
-
-#: A default of each element kind (what :func:`check_value` compares list elements against).
-_EXAMPLES: dict[str, Any] = {"int": 0, "float": 0.0, "bool": False, "str": "", "dict": {}, "list": []}
-
-
-def _flat_keys(cfg: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Every dotted key of the values of a nested config (sections are not listed, their keys are)."""
-    out: list[str] = []
-    for k, v in cfg.items():
-        out += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, Mapping) else [f"{prefix}{k}"]
-    return out
-
-
-def suggest_keys(key: str, known: Iterable[str]) -> list[str]:
-    """Up to three known keys nearest to ``key`` (whole dotted key, then last component: ``lr`` -> ``optim.lr``)."""
-    known = list(known)
-    out = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
-    leaf = key.rsplit(".", 1)[-1]
-    leaves = difflib.get_close_matches(leaf, sorted({k.rsplit(".", 1)[-1] for k in known}), n=3, cutoff=0.75)
-    for name in leaves:
-        out += [k for k in known if k.rsplit(".", 1)[-1] == name and k not in out]
-    return out[:3]
+    try:
+        return cc.check_kind(key, value, _kinds(key, default), cc.element_kind(key, default, ELEMENT_KINDS))
+    except cc.KindMismatch as e:
+        shown = cc.EXAMPLES.get(e.kinds[0]) if e.element else default
+        example = f"{e.key}={shown!r}" if shown is not None else f"{e.key}=<{cc.describe_kinds(e.kinds)}>"
+        raise ConfigValueError(f"config key '{e.key}' must be {cc.describe_kinds(e.kinds)}, got {e.value!r} "
+                               f"({cc.kind_name(cc.kind_of(e.value))}); e.g. --set {example}") from None
 
 
 def merge(base: dict[str, Any], delta: Mapping[str, Any], where: str = "",
           known: Iterable[str] | None = None) -> dict[str, Any]:
     """Recursive update of ``base`` by ``delta`` (in place); keys of ``delta`` must exist in ``base`` and values must
     have their kind (:func:`check_value`). ``known``: every key of the whole config, for "did you mean" hints."""
-    known = list(known) if known is not None else [f"{where}{k}" for k in _flat_keys(base)]
+    known = list(known) if known is not None else list(cc.flatten(base, where))
     for key, value in delta.items():
         full = f"{where}{key}"
         if key not in base:
-            near = suggest_keys(full, known)
-            hint = f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
+            hint = cc.did_you_mean(suggest_keys(full, known))
             raise ConfigKeyError(f"unknown config key '{full}'; valid keys here: {sorted(base)}{hint} "
                                  "(--print-config shows every key)")
         if isinstance(base[key], dict):
@@ -182,16 +111,6 @@ def _parse_value(text: str) -> Any:
         return text  # paths and names stay strings
 
 
-def _lookup(cfg: Mapping[str, Any], key: str) -> tuple[bool, Any]:
-    """(found, value) of a dotted key in a nested config."""
-    node: Any = cfg
-    for part in key.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False, None
-        node = node[part]
-    return True, node
-
-
 def parse_overrides(items: Iterable[str], reference: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``['optim.lr=1e-5', 'model.name=ibot']`` -> nested dict ``{'optim': {'lr': 1e-5}, 'model': {...}}``.
 
@@ -209,9 +128,9 @@ def parse_overrides(items: Iterable[str], reference: Mapping[str, Any] | None = 
             raise ValueError(f"override {item!r} has no valid key before '=' (e.g. optim.lr=1e-5)")
         value = _parse_value(text)
         if reference is not None:
-            found, default = _lookup(reference, key)
+            found, default = cc.lookup(reference, key)
             kinds = _kinds(key, default) if found and not isinstance(default, Mapping) else ()
-            if "str" in kinds and _kind(value) not in kinds:
+            if "str" in kinds and cc.kind_of(value) not in kinds:
                 value = text.strip()
         node = out
         parts = key.split(".")
@@ -248,7 +167,7 @@ def resolve(protocol: str, dataset: str, overrides: Mapping[str, Any] | None = N
     if protocol == "finetune":
         merge(cfg, module.FINETUNE)
         merge(cfg, module.FINETUNE_BY_ARCH.get(arch, {}))
-    merge(cfg, overrides, known=_flat_keys(cfg))
+    merge(cfg, overrides, known=list(cc.flatten(cfg)))
     if protocol == "linear":
         cfg["features"] = _linear_features(cfg["features"], arch)
     if protocol == "knn":
@@ -293,18 +212,14 @@ OPTIONS = {"epochs": "--epochs", "batch_size": "--batch-size", "optim.lr": "--lr
            "model.patch_size": "--patch-size", "model.num_heads": "--num-heads"}
 
 
-def _finite(v: Any) -> bool:
-    return _kind(v) in ("int", "float") and math.isfinite(v)
-
-
 def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _kind(v) == "int" and v >= low), f"an integer >= {low}"
+    return (lambda v: cc.kind_of(v) == "int" and v >= low), f"an integer >= {low}"
 
 
-_POSITIVE = (lambda v: _finite(v) and v > 0), "a finite number > 0"
-_NON_NEGATIVE = (lambda v: _finite(v) and v >= 0), "a finite number >= 0"
-_PROBABILITY = (lambda v: _finite(v) and 0 <= v <= 1), "a number in [0, 1]"
-_UNIT_OPEN = (lambda v: _finite(v) and 0 <= v < 1), "a number in [0, 1)"
+_POSITIVE = (lambda v: cc.is_finite_number(v) and v > 0), "a finite number > 0"
+_NON_NEGATIVE = (lambda v: cc.is_finite_number(v) and v >= 0), "a finite number >= 0"
+_PROBABILITY = (lambda v: cc.is_finite_number(v) and 0 <= v <= 1), "a number in [0, 1]"
+_UNIT_OPEN = (lambda v: cc.is_finite_number(v) and 0 <= v < 1), "a number in [0, 1)"
 
 
 def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
@@ -316,12 +231,12 @@ def _one_of(*choices: str) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), f"one of {list(choices)}"
 
 
-_INT_LIST = (lambda v: isinstance(v, list) and len(v) > 0 and all(_kind(k) == "int" and k >= 1 for k in v),
+_INT_LIST = (lambda v: isinstance(v, list) and len(v) > 0 and all(cc.kind_of(k) == "int" and k >= 1 for k in v),
              "a non-empty list of integers >= 1")
-_LR_LIST = (lambda v: isinstance(v, list) and len(v) > 0 and all(_finite(x) and x > 0 for x in v),
+_LR_LIST = (lambda v: isinstance(v, list) and len(v) > 0 and all(cc.is_finite_number(x) and x > 0 for x in v),
             "a non-empty list of finite learning rates > 0")
-_BETAS = (lambda v: isinstance(v, list) and len(v) == 2 and all(_finite(b) and 0 <= b < 1 for b in v),
-          "two numbers in [0, 1)")
+_BETAS = (lambda v: isinstance(v, list) and len(v) == 2
+          and all(cc.is_finite_number(b) and 0 <= b < 1 for b in v), "two numbers in [0, 1)")
 
 #: Per protocol: config key -> (check, what a valid value is). Keys of every protocol under ``"common"``.
 RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -340,7 +255,8 @@ RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "epochs": _int_at_least(1), "drop_path_rate": _UNIT_OPEN, "optim.lr": _POSITIVE,
         "optim.lr_batch_ref": _POSITIVE, "optim.weight_decay": _NON_NEGATIVE, "optim.betas": _BETAS,
         "optim.eps": _POSITIVE,
-        "optim.layer_decay": ((lambda v: v is None or (_finite(v) and 0 < v <= 1)), "None or a number in (0, 1]"),
+        "optim.layer_decay": ((lambda v: v is None or (cc.is_finite_number(v) and 0 < v <= 1)),
+                              "None or a number in (0, 1]"),
         "optim.clip_grad": _optional(_POSITIVE), "sched.warmup_epochs": _int_at_least(0),
         "sched.warmup_lr": _NON_NEGATIVE, "sched.min_lr": _NON_NEGATIVE, "aug.color_jitter": _NON_NEGATIVE,
         "aug.reprob": _PROBABILITY, "aug.recount": _int_at_least(1), "aug.remode": _one_of("pixel", "rand", "const"),
@@ -366,7 +282,7 @@ def validate(cfg: Mapping[str, Any]) -> None:
     if protocol not in PROTOCOLS:
         raise ConfigValueError(f"config key 'protocol' = {protocol!r}: must be one of {list(PROTOCOLS)}")
     for key, (check, valid) in {**RULES["common"], **RULES[protocol]}.items():
-        found, value = _lookup(cfg, key)
+        found, value = cc.lookup(cfg, key)
         if not found:
             raise ConfigValueError(f"config key '{key}' is missing from the {protocol} config (build configs with "
                                    "transfer.recipes.resolve)")
