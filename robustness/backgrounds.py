@@ -19,13 +19,23 @@
 
   Partners are drawn with a seed derived from the image, so a variant is the same on every run.
 
+  Masks too small to tell foreground from background make degenerate variants (``only_fg`` black, ``no_fg`` the
+  original) and a random-like ``*_mask`` occlusion order: :func:`select_foregrounds` drops images with less than a
+  given foreground fraction after the resize / crop, with a warning naming them. ``fg_crop=True`` centres the crop on
+  the mask's bounding box instead of the image (objects off-centre keep their foreground).
+
+Labels for an images + masks folder (:func:`read_image_mask_folder`): a ``{stem: integer label}`` mapping (the
+``--labels`` JSON file), class folders (``images/<class>/<stem>.png``, ``labels_from='folders'``) or file-name prefixes
+(``images/<class>_<rest>.png``, ``labels_from='prefix'``); classes are numbered in sorted order.
+
 BG-gap = accuracy(Mixed-Same) − accuracy(Mixed-Rand).
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,7 +48,15 @@ from torch.utils.data import Dataset
 from ibot.images import BadImageError, open_rgb
 
 from .corruptions import sample_seed
-from .data import DataLayoutError, ImageList, list_image_folder, load_rgb, resize_center_crop, to_tensor
+from .data import (
+    IMG_EXTENSIONS,
+    DataLayoutError,
+    ImageList,
+    list_image_folder,
+    load_rgb,
+    resize_center_crop,
+    to_tensor,
+)
 from .engine import Cell, Predict, argmax_predict
 from .metrics import bg_gap
 
@@ -49,17 +67,25 @@ __all__ = [
     "BackgroundVariant",
     "ForegroundImages",
     "ForegroundSample",
+    "ForegroundScan",
+    "LABELS_FROM",
     "in9_predict",
     "in_to_in9",
     "make_variant",
     "read_image_mask_folder",
     "read_in9_foregrounds",
     "released_cells",
+    "select_foregrounds",
     "summarize",
     "variant_cells",
 ]
 
+logger = logging.getLogger(__name__)
+
 GROUP = "backgrounds"
+#: Where :func:`read_image_mask_folder` can take labels from besides a ``{stem: label}`` mapping.
+LABELS_FROM = ("folders", "prefix")
+_MASK_SUFFIXES = (".png", ".bmp", ".npy", ".jpg")
 IN9_VARIANTS = ("original", "only_fg", "mixed_same", "mixed_rand", "mixed_next", "no_fg", "only_bg_b", "only_bg_t")
 #: The 9 classes in label order (MadryLab/backgrounds_challenge ``in9_classes.txt`` @ 46d224b).
 IN9_CLASSES: tuple[tuple[str, str], ...] = (
@@ -115,8 +141,10 @@ def in9_predict(logits: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------------------ released folders
 def released_cells(root: str | os.PathLike[str], variants: Sequence[str] = IN9_VARIANTS, *,
-                   crop: int | None = None, predict: Predict = in9_predict) -> list[Cell]:
-    """``<root>/<variant>/val/<NN_class>/*`` (class folders sorted = IN-9 label order)."""
+                   crop: int | None = None, predict: Predict = in9_predict, per_class: int | None = None,
+                   limit: int | None = None) -> list[Cell]:
+    """``<root>/<variant>/val/<NN_class>/*`` (class folders sorted = IN-9 label order); ``per_class`` / ``limit``:
+    the first images of each class / overall (sorted file order: the same images in every variant)."""
     from .data import ImageListDataset
 
     out = []
@@ -125,6 +153,7 @@ def released_cells(root: str | os.PathLike[str], variants: Sequence[str] = IN9_V
                                    layout_hint="<root>/<variant>/val/<00_dog ... 08_fish>/*.JPEG")
         if len(images.classes) != 9:
             raise DataLayoutError(f"{root}/{v}/val has {len(images.classes)} class folders, expected 9")
+        images = images.subset(per_class=per_class, limit=limit)
         out.append(Cell(v, ImageListDataset(images, None, crop), predict, info={"variant": v}))
     return out
 
@@ -155,20 +184,39 @@ def _load_mask(path: str) -> np.ndarray:
     return np.asarray(open_rgb(path).convert("L"), dtype=np.float32) / 255.0
 
 
+def _image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the image header (nothing decoded); an unreadable file names itself."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadImageError(f"cannot read image {path!r}: {type(exc).__name__}: {exc}; replace the file or remove "
+                            "it from the data folder") from exc
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    """``'a, b, c'`` or ``'a, b, c, d, e and 7 more'``."""
+    names = list(names)
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 class ForegroundImages(Dataset):
-    """Images with foreground masks, resized / centre-cropped together (mask: nearest neighbour).
+    """Images with foreground masks, resized / cropped together (mask: nearest neighbour).
 
     Yields ``dict(image, label, index, mask)`` with ``mask`` a float (H, W) tensor, 1 = foreground.
     ``threshold`` binarises masks (GrabCut: 0 background, 128 uncertain border, 255 foreground; the default 0.5
-    counts the border as foreground).
+    counts the border as foreground). ``fg_crop=False``: torchvision's ``CenterCrop``; ``True``: the crop window is
+    centred on the bounding box of the (resized) mask, clamped to the image (images smaller than the crop are
+    centre-cropped, i.e. padded, as before).
     """
 
     def __init__(self, samples: Sequence[ForegroundSample], resize: int | None = 256, crop: int | None = 224,
-                 threshold: float = 0.5) -> None:
+                 threshold: float = 0.5, fg_crop: bool = False) -> None:
         if not samples:
             raise ValueError("no foreground samples")
         self.samples = list(samples)
-        self.resize, self.crop, self.threshold = resize, crop, threshold
+        self.resize, self.crop, self.threshold, self.fg_crop = resize, crop, threshold, fg_crop
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -177,22 +225,59 @@ class ForegroundImages(Dataset):
     def labels(self) -> list[int]:
         return [s.label for s in self.samples]
 
-    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """uint8 (H, W, 3) image and bool (H, W) foreground."""
+    def with_samples(self, samples: Sequence[ForegroundSample]) -> ForegroundImages:
+        """The same geometry over other samples."""
+        return ForegroundImages(samples, self.resize, self.crop, self.threshold, self.fg_crop)
+
+    def _mask(self, i: int) -> Image.Image:
+        """The binarised mask of sample ``i`` at its image's resolution ('L', 0 / 255)."""
+        s = self.samples[i]
+        return Image.fromarray((_load_mask(s.mask) >= self.threshold).astype(np.uint8) * 255)
+
+    def _crop_origin(self, mask: Image.Image) -> tuple[int, int] | None:
+        """(top, left) of an object-centred crop of the resized ``mask``; ``None``: torchvision's centre crop."""
+        if self.crop is None or not self.fg_crop or min(mask.size) < self.crop:
+            return None
+        box = _bbox(np.asarray(mask) > 127)
+        if box is None:
+            return None
+        (w, h), c = mask.size, self.crop
+        top = int(round((box[0] + box[1]) / 2 - c / 2))
+        left = int(round((box[2] + box[3]) / 2 - c / 2))
+        return min(max(top, 0), h - c), min(max(left, 0), w - c)
+
+    def _geometry(self, mask: Image.Image, img: Image.Image | None) -> tuple[Image.Image, Image.Image | None]:
+        """Resize and crop ``mask`` (nearest) and ``img`` (bilinear, as :func:`resize_center_crop`) alike."""
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as TF
 
+        if self.resize is not None:
+            mask = TF.resize(mask, self.resize, interpolation=InterpolationMode.NEAREST)
+        origin = self._crop_origin(mask)
+        if origin is None:
+            if img is not None:
+                img = resize_center_crop(img, self.resize, self.crop)
+            if self.crop is not None:
+                mask = TF.center_crop(mask, [self.crop, self.crop])
+            return mask, img
+        if img is not None:
+            img = resize_center_crop(img, self.resize, None)
+            img = TF.crop(img, origin[0], origin[1], self.crop, self.crop)
+        return TF.crop(mask, origin[0], origin[1], self.crop, self.crop), img
+
+    def foreground(self, i: int) -> np.ndarray:
+        """bool (H, W) foreground of sample ``i`` after the resize / crop, from the mask alone (no image decoded)."""
+        return np.asarray(self._geometry(self._mask(i), None)[0]) > 127
+
+    def arrays(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 (H, W, 3) image and bool (H, W) foreground."""
         s = self.samples[i]
         img = load_rgb(s.image)
-        mask = Image.fromarray((_load_mask(s.mask) >= self.threshold).astype(np.uint8) * 255)
+        mask = self._mask(i)
         if mask.size != img.size:
             raise ValueError(f"mask {s.mask} is {mask.size}, image {s.image} is {img.size}; a mask must have its "
                              "image's size: fix or remove the pair")
-        img = resize_center_crop(img, self.resize, self.crop)
-        if self.resize is not None:
-            mask = TF.resize(mask, self.resize, interpolation=InterpolationMode.NEAREST)
-        if self.crop is not None:
-            mask = TF.center_crop(mask, [self.crop, self.crop])
+        mask, img = self._geometry(mask, img)
         return np.asarray(img), np.asarray(mask) > 127
 
     def __getitem__(self, i: int) -> dict:
@@ -201,25 +286,161 @@ class ForegroundImages(Dataset):
                 "mask": torch.from_numpy(fg.astype(np.float32))}
 
 
-def read_image_mask_folder(images_dir: str | os.PathLike[str], masks_dir: str | os.PathLike[str],
-                           labels: Mapping[str, int] | None = None) -> list[ForegroundSample]:
-    """``images/<stem>.<ext>`` + ``masks/<stem>.<png|bmp|npy>`` (the GrabCut layout).
+@dataclass
+class ForegroundScan:
+    """What :func:`select_foregrounds` found: the images kept, those skipped for too little foreground (``(key,
+    fraction)``) and the (H, W) sizes of the kept images after the resize / crop."""
 
-    ``labels``: ``{stem: label}``; images without an entry are skipped. Without it every image gets label 0.
+    kept: int = 0
+    skipped: list[tuple[str, float]] = field(default_factory=list)
+    scanned: int = 0
+    shapes: set[tuple[int, int]] = field(default_factory=set)
+
+
+def select_foregrounds(base: ForegroundImages, min_fg: float = 0.0, *, per_class: int | None = None,
+                       limit: int | None = None, what: str = "images") -> tuple[ForegroundImages, ForegroundScan]:
+    """The samples of ``base`` whose foreground covers at least ``min_fg`` of the pixels after the resize / crop,
+    the first ``per_class`` of each label and the first ``limit`` overall (in sample order); masks are read, images
+    only up to their header (each mask must have its image's size).
+
+    Skipped images are counted and named (a few) in one warning. Raises :class:`DataLayoutError` when no image is
+    left, or a mask's size is not its image's.
+    """
+    scan = ForegroundScan()
+    kept: list[ForegroundSample] = []
+    per_label: dict[int, int] = {}
+    classes = set(base.labels)
+    for i, s in enumerate(base.samples):
+        if limit is not None and len(kept) >= limit:
+            break
+        if per_class is not None and len(per_label) == len(classes) and min(per_label.values()) >= per_class:
+            break
+        if per_class is not None and per_label.get(s.label, 0) >= per_class:
+            continue
+        scan.scanned += 1
+        mask = base._mask(i)
+        size = _image_size(s.image)
+        if mask.size != size:
+            raise DataLayoutError(f"mask {s.mask} is {mask.size[0]} x {mask.size[1]}, its image {s.image} "
+                                  f"{size[0]} x {size[1]}; a mask must have its image's size: fix or remove the pair")
+        fg = np.asarray(base._geometry(mask, None)[0]) > 127
+        fraction = float(fg.mean()) if fg.size else 0.0
+        if fraction < min_fg:
+            scan.skipped.append((s.key, fraction))
+            continue
+        kept.append(s)
+        scan.shapes.add(fg.shape)
+        per_label[s.label] = per_label.get(s.label, 0) + 1
+    scan.kept = len(kept)
+    if scan.skipped:
+        logger.warning("%d of %d %s have less than %g %% foreground after the resize / crop and are skipped "
+                       "(--min-fg %g; --fg-crop centres the crop on the object): %s", len(scan.skipped),
+                       scan.scanned, what, 100 * min_fg, min_fg,
+                       _few([f"{k} ({100 * f:.2g} %)" for k, f in scan.skipped]))
+    if not kept:
+        raise DataLayoutError(f"no {what} left: all {scan.scanned} have less than {100 * min_fg:g} % foreground "
+                              "after the resize / crop; lower --min-fg, pass --fg-crop, or check the masks")
+    logger.info("%d %s with at least %g %% foreground", len(kept), what, 100 * min_fg)
+    return base.with_samples(kept), scan
+
+
+def _mask_index(folder: Path) -> dict[str, Path]:
+    """``{stem: mask path}`` of one folder (sorted, so a stem with several mask files resolves the same way)."""
+    if not folder.is_dir():
+        return {}
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in _MASK_SUFFIXES:
+            out.setdefault(p.stem, p)
+    return out
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS]
+
+
+def read_image_mask_folder(images_dir: str | os.PathLike[str], masks_dir: str | os.PathLike[str],
+                           labels: Mapping[str, int] | None = None, *,
+                           labels_from: str | None = None) -> list[ForegroundSample]:
+    """Images and foreground masks with the same stem (the GrabCut layout), and their labels.
+
+    * ``labels``: ``{stem: integer label}``; images without an entry are skipped (counted in a warning).
+    * ``labels_from='folders'``: ``images/<class>/<stem>.<ext>`` with ``masks/<class>/<stem>.<png|bmp|npy>`` (or a flat
+      ``masks/<stem>.*``); label = the class folder's position in sorted order.
+    * ``labels_from='prefix'``: ``images/<class>_<rest>.<ext>``; label = the prefix's position in sorted order; names
+      without ``_`` are skipped (counted in a warning).
+    * neither: every image gets label 0 (accuracy is then meaningless: pipeline tests only).
+
+    How many images matched a mask (and got a label) is logged; unmatched ones are named in a warning.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     if not images_dir.is_dir() or not masks_dir.is_dir():
         raise DataLayoutError(f"expected {images_dir}/<stem>.<jpg|png> and {masks_dir}/<stem>.<png|bmp|npy>")
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in (".png", ".bmp", ".npy", ".jpg")}
-    out = []
-    for p in sorted(images_dir.iterdir()):
-        if not p.is_file() or p.stem not in masks:
-            continue
-        if labels is not None and p.stem not in labels:
-            continue
-        out.append(ForegroundSample(str(p), str(masks[p.stem]), int(labels[p.stem]) if labels else 0, p.name))
+    if labels is not None and labels_from is not None:
+        raise ValueError("pass labels or labels_from, not both")
+    if labels_from not in (None, *LABELS_FROM):
+        raise ValueError(f"labels_from must be one of {LABELS_FROM}, got {labels_from!r}")
+    flat_masks = _mask_index(masks_dir)
+    class_masks = {cls: _mask_index(masks_dir / cls) for cls in
+                   (sorted(d.name for d in images_dir.iterdir() if d.is_dir()) if labels_from == "folders" else [])}
+    candidates: list[tuple[Path, str | None, str]] = []  # (image, class, key)
+    if labels_from == "folders":
+        classes = sorted(d.name for d in images_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise DataLayoutError(f"--labels-from folders: {images_dir} has no class folders; expected "
+                                  f"{images_dir}/<class>/<stem>.<jpg|png> with masks in {masks_dir}/<class>/ or "
+                                  f"{masks_dir}/")
+        candidates = [(p, c, f"{c}/{p.name}") for c in classes for p in _image_files(images_dir / c)]
+    else:
+        candidates = [(p, None, p.name) for p in _image_files(images_dir)]
+    matched: list[tuple[Path, Path, str | None, str]] = []
+    no_mask: list[str] = []
+    for p, cls, key in candidates:
+        mask = (class_masks[cls].get(p.stem) if cls is not None else None) or flat_masks.get(p.stem)
+        if mask is None:
+            no_mask.append(key)
+        else:
+            matched.append((p, mask, cls, key))
+    if no_mask:
+        logger.warning("%d of %d images in %s have no mask of the same stem in %s and are skipped: %s", len(no_mask),
+                       len(candidates), images_dir, masks_dir, _few(no_mask))
+    if not matched:
+        raise DataLayoutError(f"no image with a mask of the same stem in {images_dir} / {masks_dir} "
+                              f"({len(candidates)} images, {len(flat_masks)} masks at the top level)")
+    logger.info("%d of %d images in %s matched a mask in %s", len(matched), len(candidates), images_dir, masks_dir)
+
+    out: list[ForegroundSample] = []
+    unlabelled: list[str] = []
+    if labels_from is not None:
+        names = [cls if labels_from == "folders" else (p.stem.split("_", 1)[0] if "_" in p.stem else None)
+                 for p, _, cls, _ in matched]
+        index = {c: i for i, c in enumerate(sorted({n for n in names if n}))}
+        for (p, mask, _, key), name in zip(matched, names):
+            if name:
+                out.append(ForegroundSample(str(p), str(mask), index[name], key))
+            else:
+                unlabelled.append(key)
+        source = "class folders" if labels_from == "folders" else "file-name prefixes <class>_"
+        described = ", ".join(f"{c}={i}" for c, i in list(index.items())[:10]) + (" ..." if len(index) > 10 else "")
+        logger.info("labels from %s: %d classes (%s)", source, len(index), described)
+    elif labels is not None:
+        for p, mask, _, key in matched:
+            if p.stem in labels:
+                out.append(ForegroundSample(str(p), str(mask), int(labels[p.stem]), key))
+            else:
+                unlabelled.append(key)
+    else:
+        out = [ForegroundSample(str(p), str(mask), 0, key) for p, mask, _, key in matched]
+        logger.info("no labels given: every image has label 0")
+    if unlabelled:
+        why = "no '<class>_' prefix" if labels_from == "prefix" else "no entry in the labels"
+        logger.warning("%d of %d images with a mask have %s and are skipped: %s", len(unlabelled), len(matched), why,
+                       _few(unlabelled))
     if not out:
-        raise DataLayoutError(f"no image with a mask of the same stem in {images_dir} / {masks_dir}")
+        raise DataLayoutError(f"none of the {len(matched)} images with a mask in {images_dir} has a label "
+                              f"({'no <class>_ prefix' if labels_from == 'prefix' else 'no entry in the labels'})")
+    if labels_from is not None or labels is not None:
+        logger.info("%d of %d images with a mask got a label", len(out), len(matched))
     return out
 
 

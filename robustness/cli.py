@@ -16,6 +16,8 @@ Examples::
     python -m robustness.cli imagenet-c $M --data /data/imagenet/val --corruptions all   # on the fly
     python -m robustness.cli occlusion  $M --data /data/imagenet/val --modes random salient non_salient
     python -m robustness.cli backgrounds $M --released /data/bg_challenge
+    # your own images + foreground masks, labels from class folders (images/<class>/x.jpg, masks/<class>/x.png)
+    python -m robustness.cli backgrounds $M --images my/images --masks my/masks --labels-from folders --fg-crop
     python -m robustness.cli ood $M --imagenet-a /data/imagenet-a --imagenet-r /data/imagenet-r
     # a full pretraining checkpoint (shape inferred from its tensors) with an older head file
     python -m robustness.cli imagenet-c --backbone checkpoint.pth --checkpoint-key teacher --head linear.pth \
@@ -39,11 +41,13 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ibot.checkpoint import (
@@ -70,7 +74,7 @@ from .classifier import (
 from .data import DataLayoutError, ImageList, ImageListDataset, list_image_folder
 from .engine import Cell, run_cells
 from .metrics import SEVERITIES, expand_corruptions
-from .store import ConfigMismatchError, ResultStore
+from .store import ANY, ConfigMismatchError, ResultStore
 
 __all__ = ["InputError", "build_classifier", "build_parser", "main", "run_command_line"]
 
@@ -85,6 +89,11 @@ _RUN_ONLY = {"out", "name", "batch_size", "workers", "device", "restart", "no_pr
 #: Files identified by their content (SHA-256, config key ``<flag>_sha256``), not by path: a replaced file of the
 #: same size or at another path is recognised as what it is.
 _CONTENT_FILES = ("backbone", "head", "weights", "labels")
+#: Configuration keys added after result files were written, and what a stored configuration without them stands
+#: for (``ANY``: describes the data without changing the cells), so older files keep resuming (ResultStore defaults).
+_ADDED_KEYS = {"dataset": ANY, "min_fg": None, "fg_crop": False, "labels_from": None}
+#: ``--min-fg`` when masks are used and the flag is not given.
+DEFAULT_MIN_FG = 0.01
 #: Model flags that are stored resolved instead (``model``: the backbone's description, ``feature``: the spec), so
 #: the same weights give the same configuration whether the shape came from the file or from flags.
 _RESOLVED = {"arch", "patch_size", "img_size", "embed_dim", "depth", "num_heads", "n_last_blocks", "avgpool"}
@@ -136,14 +145,18 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _reference_classifier(args: argparse.Namespace) -> ImageClassifier:
     """A timm / torchvision classifier (whole model, strictly loaded from ``--weights``)."""
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    if args.timm:
-        import timm
+    flag, name = ("--timm", args.timm) if args.timm else ("--torchvision", args.torchvision)
+    try:
+        if args.timm:
+            import timm
 
-        model = timm.create_model(args.timm, pretrained=False, **kw)
-    else:
-        import torchvision
+            model = timm.create_model(args.timm, pretrained=False, **kw)
+        else:
+            import torchvision
 
-        model = torchvision.models.get_model(args.torchvision, weights=None, **kw)
+            model = torchvision.models.get_model(args.torchvision, weights=None, **kw)
+    except (ValueError, RuntimeError) as exc:  # unknown model name
+        raise InputError(f"{flag} {name}: {exc}; pass a model name the library knows") from exc
     if args.weights:
         ckpt = load_file(args.weights, trusted=args.trust_checkpoint)
         load_state_dict_report(model, extract_backbone_state_dict(ckpt, args.checkpoint_key), strict=True)
@@ -153,14 +166,27 @@ def _reference_classifier(args: argparse.Namespace) -> ImageClassifier:
 
 
 def build_classifier(args: argparse.Namespace) -> ImageClassifier:
-    """The classifier the model flags describe: backbone + linear head, or a timm / torchvision model."""
-    if args.timm or args.torchvision:
-        return _reference_classifier(args)
-    overrides = shape_overrides(args.arch, patch_size=args.patch_size, img_size=args.img_size,
-                                embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads)
-    model = build_ibot_linear_classifier(
-        args.backbone, args.head, overrides=overrides, n_last_blocks=args.n_last_blocks, avgpool=args.avgpool,
-        num_classes=args.num_classes, checkpoint_key=args.checkpoint_key, trusted=args.trust_checkpoint)
+    """The classifier the model flags describe: backbone + linear head, or a timm / torchvision model.
+
+    Whatever is randomly initialised (a random head with ``--num-classes``, a random backbone or reference model)
+    is drawn from ``--seed``, so the same flags give the same model in every run. A head that does not fit the
+    backbone, or a shape flag that cannot work, raises :class:`InputError` (one line on the command line).
+    """
+    with torch.random.fork_rng(devices=[]):  # seeded here without changing the caller's random state
+        torch.manual_seed(getattr(args, "seed", 0))
+        if args.timm or args.torchvision:
+            return _reference_classifier(args)
+        try:
+            overrides = shape_overrides(args.arch, patch_size=args.patch_size, img_size=args.img_size,
+                                        embed_dim=args.embed_dim, depth=args.depth, num_heads=args.num_heads)
+            model = build_ibot_linear_classifier(
+                args.backbone, args.head, overrides=overrides, n_last_blocks=args.n_last_blocks,
+                avgpool=args.avgpool, num_classes=args.num_classes, checkpoint_key=args.checkpoint_key,
+                trusted=args.trust_checkpoint)
+        except (InputError, CheckpointFormatError, RecordError):
+            raise
+        except ValueError as exc:  # a head that does not fit the feature, an unknown --arch, ...
+            raise InputError(str(exc)) from exc
     return ImageClassifier(model, args.mean, args.std)  # patch size read from the backbone
 
 
@@ -262,12 +288,61 @@ def _validate_classification(args: argparse.Namespace) -> None:
             raise InputError(f"--modes {mask_modes} need foreground masks: pass --images DIR --masks DIR")
         if args.head_index is not None and args.head_index < 0:
             raise InputError(f"--head-index must be 0 or more, got {args.head_index}")
-    if getattr(args, "images", None) and not getattr(args, "masks", None):
+    if args.command in ("occlusion", "backgrounds"):
+        _validate_foregrounds(args)
+    if args.command == "imagenet-c" and args.released and (args.per_class or args.limit):
+        raise InputError("--per-class / --limit select images of an image folder (--data); the released ImageNet-C "
+                         "folders (--released) are evaluated whole: drop them, or evaluate --data on the fly")
+
+
+def _validate_foregrounds(args: argparse.Namespace) -> None:
+    """occlusion / backgrounds: the images + masks flags (labels, --min-fg, --fg-crop) fit together."""
+    images, in9 = args.images, getattr(args, "in9_masks", None)
+    if images and not args.masks:
         raise InputError("--images needs --masks DIR (foreground masks with the same file stems)")
+    if args.masks and not images:
+        raise InputError("--masks needs --images DIR (the images the masks belong to)")
+    if args.labels and args.labels_from:
+        raise InputError("--labels and --labels-from exclude each other; pass one")
+    if (args.labels or args.labels_from) and not images:
+        raise InputError("--labels / --labels-from label the images of --images DIR; other sources carry their "
+                         "labels (class folders)")
+    if getattr(args, "in9_labels", False) and not images:
+        raise InputError("--in9-labels says the labels of --images are IN-9 labels; pass it with --images")
+    if images and not (args.labels or args.labels_from):
+        raise InputError(
+            f"{args.command} --images needs labels, or every image would be labelled 0 (accuracy against label 0"
+            + (", and Mixed-Same = Mixed-Rand" if args.command == "backgrounds" else "") + "): pass --labels FILE "
+            "(JSON {\"<image stem>\": <integer label>}), --labels-from folders (images/<class>/<stem>.jpg) or "
+            "--labels-from prefix (images/<class>_<rest>.jpg)")
+    if (args.min_fg is not None or args.fg_crop) and not (images or in9):
+        raise InputError("--min-fg / --fg-crop apply to foreground masks: --images DIR --masks DIR"
+                         + (" or --in9-masks ROOT" if args.command == "backgrounds" else ""))
+    if args.min_fg is not None and not 0.0 <= args.min_fg < 1.0:
+        raise InputError(f"--min-fg is a fraction of the pixels in [0, 1), got {args.min_fg}")
+    if images or in9:  # the resolved value is what the results depend on (stored in the configuration)
+        min_fg = DEFAULT_MIN_FG if args.min_fg is None else args.min_fg
+        args.min_fg = min_fg if min_fg > 0 else None
+
+
+def _num_outputs(classifier: ImageClassifier) -> int | None:
+    """The model's number of logits when it says (a linear head, a timm model), else ``None``."""
+    model = classifier.model
+    if isinstance(model, BackboneWithLinearHead):
+        return int(model.head.out_features)
+    n = getattr(model, "num_classes", None)
+    return int(n) if isinstance(n, int) else None
 
 
 def _check_model_fits(args: argparse.Namespace, classifier: ImageClassifier) -> None:
-    """Fail before evaluating when the model cannot run what was asked (salient occlusion needs attention)."""
+    """Fail before evaluating when the model cannot run what was asked (salient occlusion needs attention; IN-9
+    label mapping needs 9 or 1000 logits)."""
+    in9 = args.command == "backgrounds" and (args.released or args.in9_masks or args.in9_labels)
+    outputs = _num_outputs(classifier)
+    if in9 and outputs is not None and outputs not in (9, 1000):
+        raise InputError(f"the model has {outputs} outputs; IN-9 labels (--released, --in9-masks, --in9-labels) need "
+                         "a 9-way or an ImageNet-1k (1000-way) classifier; for your own classes pass --images with "
+                         "--labels / --labels-from and no --in9-labels")
     if args.command == "occlusion":
         salient = [m for m in args.modes if m in ("salient", "non_salient")]
         if salient and not classifier.has_attention:
@@ -295,17 +370,45 @@ def _labels(path: str | None) -> dict[str, int] | None:
                          "fix the file or pass another") from exc
 
 
+def _foregrounds(args: argparse.Namespace, samples: list[backgrounds.ForegroundSample],
+                 resize: int | None) -> backgrounds.ForegroundImages:
+    """The images with masks to evaluate: --fg-crop geometry, then --min-fg, --per-class and --limit (in order)."""
+    base = backgrounds.ForegroundImages(samples, resize, args.crop, fg_crop=args.fg_crop)
+    data, scan = backgrounds.select_foregrounds(base, args.min_fg or 0.0, per_class=args.per_class,
+                                                limit=args.limit)
+    logger.info("%s: %d images with masks evaluated (%d skipped for too little foreground)", args.command,
+                len(data), len(scan.skipped))
+    if (args.command == "backgrounds" and len(scan.shapes) > 1
+            and any(v.startswith("mixed_") for v in args.variants)):
+        raise InputError(f"the images have {len(scan.shapes)} different sizes after the resize / crop, and the "
+                         "mixed_* variants paste one image's foreground on another's background: pass --crop N")
+    return data
+
+
+def _read_foregrounds(args: argparse.Namespace) -> list[backgrounds.ForegroundSample]:
+    return backgrounds.read_image_mask_folder(args.images, args.masks, _labels(args.labels),
+                                              labels_from=args.labels_from)
+
+
 def cells_imagenet_c(args: argparse.Namespace) -> tuple[str, list[Cell]]:
     corruptions = _corruption_list(args.corruptions)
     if args.released:
         cells = imagenet_c.released_cells(args.released, args.clean_data, corruptions, args.severities,
                                           crop=args.crop, clean_resize=args.resize, label_space=args.label_space)
-        if args.per_class or args.limit:
-            raise SystemExit("--per-class / --limit apply to on-the-fly evaluation only")
+        if args.dataset == "auto":
+            args.dataset = "imagenet"
         return imagenet_c.GROUP, cells
     if not args.data:
-        raise SystemExit("imagenet-c needs --released ROOT or --data IMAGE_FOLDER")
-    images = _subset(list_image_folder(args.data, args.label_space), args)
+        raise InputError("imagenet-c needs --released ROOT (the ImageNet-C folders) or --data IMAGE_FOLDER "
+                         "(corrupted on the fly)")
+    images = list_image_folder(args.data, args.label_space)
+    if args.dataset == "auto":
+        args.dataset = "imagenet" if imagenet_c.is_imagenet_folder(images) else "other"
+    if args.dataset != "imagenet":
+        logger.info("--data %s is recorded as not ImageNet (its class folders are not all ImageNet-1k WordNet ids, "
+                    "or --dataset other): the report shows CE / mCE as '–' (AlexNet's ImageNet-C errors normalise "
+                    "ImageNet only); pass --dataset imagenet if it is ImageNet", args.data)
+    images = _subset(images, args)
     return imagenet_c.GROUP, imagenet_c.on_the_fly_cells(
         images, corruptions, args.severities, resize=args.resize, crop=args.crop, seed=args.seed,
         jpeg_quality=args.jpeg_quality, cache_dir=args.cache_dir)
@@ -313,28 +416,27 @@ def cells_imagenet_c(args: argparse.Namespace) -> tuple[str, list[Cell]]:
 
 def cells_occlusion(args: argparse.Namespace) -> tuple[str, list[Cell]]:
     if args.images:
-        samples = backgrounds.read_image_mask_folder(args.images, args.masks, _labels(args.labels))
-        data = backgrounds.ForegroundImages(samples[: args.limit] if args.limit else samples, args.resize, args.crop)
+        data: Any = _foregrounds(args, _read_foregrounds(args), args.resize)
     elif args.data:
         data = ImageListDataset(_subset(list_image_folder(args.data, args.label_space), args), args.resize, args.crop)
     else:
-        raise SystemExit("occlusion needs --data IMAGE_FOLDER or --images DIR --masks DIR")
+        raise InputError("occlusion needs --data IMAGE_FOLDER or --images DIR --masks DIR")
     return occlusion.GROUP, occlusion.cells(data, args.modes, args.levels, grid=tuple(args.grid), fill=args.fill,
                                             seed=args.seed, head=args.head_index, threshold=args.threshold)
 
 
 def cells_backgrounds(args: argparse.Namespace) -> tuple[str, list[Cell]]:
     if args.released:
-        return backgrounds.GROUP, backgrounds.released_cells(args.released, args.variants, crop=args.crop)
+        return backgrounds.GROUP, backgrounds.released_cells(args.released, args.variants, crop=args.crop,
+                                                             per_class=args.per_class, limit=args.limit)
     if args.in9_masks:
-        base = backgrounds.ForegroundImages(backgrounds.read_in9_foregrounds(args.in9_masks), None, args.crop)
+        base = _foregrounds(args, backgrounds.read_in9_foregrounds(args.in9_masks), None)
         predict: Callable = backgrounds.in9_predict
     elif args.images:
-        samples = backgrounds.read_image_mask_folder(args.images, args.masks, _labels(args.labels))
-        base = backgrounds.ForegroundImages(samples[: args.limit] if args.limit else samples, args.resize, args.crop)
+        base = _foregrounds(args, _read_foregrounds(args), args.resize)
         predict = backgrounds.in9_predict if args.in9_labels else (lambda logits: logits.argmax(dim=1))
     else:
-        raise SystemExit("backgrounds needs --released IN9_ROOT, --in9-masks IN9_ROOT or --images DIR --masks DIR")
+        raise InputError("backgrounds needs --released IN9_ROOT, --in9-masks IN9_ROOT or --images DIR --masks DIR")
     return backgrounds.GROUP, backgrounds.variant_cells(base, args.variants, seed=args.seed, predict=predict)
 
 
@@ -342,8 +444,17 @@ def cells_ood(args: argparse.Namespace) -> tuple[str, list[Cell]]:
     roots = {k: v for k, v in (("imagenet_a", args.imagenet_a), ("imagenet_r", args.imagenet_r),
                                ("imagenet_sketch", args.imagenet_sketch)) if v}
     if not roots:
-        raise SystemExit("ood needs at least one of --imagenet-a / --imagenet-r / --imagenet-sketch")
-    return ood.GROUP, ood.cells(roots, resize=args.resize, crop=args.crop)
+        raise InputError("ood needs at least one of --imagenet-a / --imagenet-r / --imagenet-sketch")
+    return ood.GROUP, ood.cells(roots, resize=args.resize, crop=args.crop, per_class=args.per_class,
+                                limit=args.limit)
+
+
+def _seed_everything(seed: int) -> None:
+    """``--seed`` for everything random in the run (Python, NumPy, torch; the model is seeded in
+    :func:`build_classifier`, corruptions / occlusion / partners per image from it)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def run_classification(args: argparse.Namespace, on_cell_done: CellDone | None = None) -> dict:
@@ -356,15 +467,18 @@ def run_classification(args: argparse.Namespace, on_cell_done: CellDone | None =
     if args.command == "backgrounds" and args.released:
         args.resize = None  # the release is evaluated with ToTensor() only
     _validate_classification(args)
+    _seed_everything(args.seed)
     group, cells = args.build(args)  # reads the data layout
     ResultStore(args.out)  # an unreadable result file is refused before the model loads
     classifier = build_classifier(args)
     _check_model_fits(args, classifier)
     config, files = _group_config(args, classifier)
     store = ResultStore(args.out, model=args.name, meta=_run_meta(args, classifier))
-    store.open_group(group, config, restart=args.restart, files=files)  # checks only: written with the first cell
+    # checks only: written with the first cell (keys added since an older file was written: see _ADDED_KEYS)
+    store.open_group(group, config, restart=args.restart, files=files, defaults=_ADDED_KEYS)
     cells_done = run_cells(classifier, cells, store, group, batch_size=args.batch_size, num_workers=args.workers,
                            device=args.device, progress=not args.no_progress, on_cell_done=on_cell_done)
+    store.flush()  # an older file whose cells were all stored still records the keys added since
     logger.info("%s: %d cells in %s", group, len(cells_done), args.out)
     return cells_done
 
@@ -378,19 +492,38 @@ def _common_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--workers", type=int, default=4, help="data-loader workers (corruptions run there)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0,
+                   help="seeds everything random: a random head / model (--num-classes without --head), on-the-fly "
+                   "corruptions, occlusion orders, background partners")
     g.add_argument("--resize", type=int, default=256, help="Resize (shorter side) before the crop; 0 = none")
     g.add_argument("--crop", type=int, default=224, help="CenterCrop size; 0 = none")
     g.add_argument("--label-space", default="auto", choices=("auto", "sorted", "imagenet1k"),
                    help="class folders -> labels: ImageNet-1k index for WordNet-id folders (auto), or sorted order")
-    g.add_argument("--per-class", type=int, default=None, help="use the first N images of each class")
-    g.add_argument("--limit", type=int, default=None, help="use the first N images")
+    g.add_argument("--per-class", type=int, default=None,
+                   help="use the first N images of each class (image folders, --images with labels, IN-9, OOD sets)")
+    g.add_argument("--limit", type=int, default=None, help="use the first N images (after --per-class)")
     g.add_argument("--restart", action="store_true", help="discard this benchmark's stored cells and recompute")
     g.add_argument("--no-progress", action="store_true")
     g.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads of the main process (CPU runs: 1 avoids competing with workers)")
     g.add_argument("--log-level", default="INFO")
     return common
+
+
+def _foreground_args(p: argparse.ArgumentParser) -> None:
+    """Flags of images + foreground masks (occlusion *_mask modes, background variants on the fly)."""
+    p.add_argument("--masks", help="masks folder: <stem>.png / .bmp / .npy next to each image's stem (with "
+                   "--labels-from folders: <class>/<stem>.png or flat); grey >= 128 (npy >= 0.5) is foreground")
+    p.add_argument("--labels", help="labels of --images: a JSON object {\"<image stem>\": <integer label>, ...}, "
+                   "e.g. {\"cat_01\": 0, \"dog_07\": 1}; images without an entry are skipped (and counted)")
+    p.add_argument("--labels-from", choices=backgrounds.LABELS_FROM, default=None,
+                   help="labels of --images without a file: folders = images/<class>/<stem>.jpg, prefix = "
+                   "images/<class>_<rest>.jpg; classes numbered in sorted order (logged)")
+    p.add_argument("--min-fg", type=float, default=None,
+                   help=f"skip images whose mask covers less than this fraction of the pixels after the resize / "
+                   f"crop (counted and named in a warning; default {DEFAULT_MIN_FG}; 0 keeps all)")
+    p.add_argument("--fg-crop", action="store_true",
+                   help="centre the crop on the mask's bounding box instead of the image centre")
 
 
 def _add_classification_commands(sub: Any) -> None:
@@ -404,13 +537,16 @@ def _add_classification_commands(sub: Any) -> None:
     p.add_argument("--severities", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     p.add_argument("--jpeg-quality", type=int, default=None, help="JPEG-encode corrupted images (release: 85)")
     p.add_argument("--cache-dir", help="keep corrupted images (PNG) here and reuse them")
+    p.add_argument("--dataset", default="auto", choices=("auto", *imagenet_c.DATASETS),
+                   help="what the data is, recorded for the report: CE / mCE are normalised by AlexNet's ImageNet-C "
+                   "errors and shown only for imagenet (or with report --baseline). auto: imagenet for --released "
+                   "and for class folders that are ImageNet-1k WordNet ids, else other")
     p.set_defaults(build=cells_imagenet_c, run=run_classification)
 
     p = sub.add_parser("occlusion", parents=[common], help="PatchDrop: random / salient / non-salient")
     p.add_argument("--data", help="ImageFolder")
     p.add_argument("--images", help="images folder (with --masks, for the *_mask modes)")
-    p.add_argument("--masks", help="masks folder, <stem>.png / .npy")
-    p.add_argument("--labels", help="JSON {image stem: label} for --images")
+    _foreground_args(p)
     p.add_argument("--modes", nargs="+", default=["random", "salient", "non_salient"], choices=occlusion.MODES)
     p.add_argument("--levels", type=float, nargs="+", default=list(occlusion.IL_LEVELS))
     p.add_argument("--grid", type=int, nargs=2, default=[14, 14])
@@ -425,9 +561,9 @@ def _add_classification_commands(sub: Any) -> None:
     p.add_argument("--released", help="IN-9 test release: <root>/<variant>/val/<NN_class>/*")
     p.add_argument("--in9-masks", help="IN-9 root with original/ and fg_mask/: build variants on the fly")
     p.add_argument("--images", help="images folder with --masks: build variants on the fly")
-    p.add_argument("--masks")
-    p.add_argument("--labels", help="JSON {image stem: label} for --images")
-    p.add_argument("--in9-labels", action="store_true", help="--labels are IN-9 labels (map 1000-way logits)")
+    _foreground_args(p)
+    p.add_argument("--in9-labels", action="store_true",
+                   help="the labels of --images are IN-9 labels 0-8 (map 1000-way logits to IN-9)")
     p.add_argument("--variants", nargs="+", default=list(backgrounds.IN9_VARIANTS), choices=backgrounds.IN9_VARIANTS)
     p.set_defaults(build=cells_backgrounds, run=run_classification)
 

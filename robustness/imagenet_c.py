@@ -26,13 +26,35 @@ from .metrics import (
     imagenet_c_summary,
 )
 
-__all__ = ["GROUP", "cell_key", "on_the_fly_cells", "released_cells", "summarize", "baseline_from_cells"]
+__all__ = ["DATASETS", "GROUP", "baseline_from_cells", "cell_key", "dataset_of", "is_imagenet_folder",
+           "on_the_fly_cells", "released_cells", "summarize"]
 
 GROUP = "imagenet_c"
+#: What ``--dataset`` records in the group's configuration: CE / mCE (normalised by AlexNet's ImageNet-C errors)
+#: mean something only for ``imagenet``.
+DATASETS = ("imagenet", "other")
 
 
 def cell_key(corruption: str | None, severity: int) -> str:
     return "clean" if severity == 0 else f"{corruption}/{severity}"
+
+
+def is_imagenet_folder(images: ImageList) -> bool:
+    """Whether every class folder of ``images`` is an ImageNet-1k WordNet id (ImageNet val or a subset of it)."""
+    from .data import imagenet_synsets
+
+    return bool(images.classes) and set(images.classes) <= set(imagenet_synsets())
+
+
+def dataset_of(config: Mapping) -> str | None:
+    """The data set of an ``imagenet_c`` group: its ``dataset`` entry; for files written before it was recorded,
+    ``'imagenet'`` when the group read the released ImageNet-C folders or an ImageNet-1k label space, else ``None``
+    (unknown)."""
+    if config.get("dataset") in DATASETS:
+        return config["dataset"]
+    if config.get("released") or config.get("label_space") == "imagenet1k":
+        return "imagenet"
+    return None
 
 
 def _check(corruptions: Sequence[str], severities: Sequence[int]) -> None:

@@ -123,7 +123,10 @@ def imagenet_c_summary(
     * ``relative CE_c = 100 · (mean_s E_{s,c} − E_clean) / (baseline_c − baseline_clean)``; relative mCE likewise
       (needs ``clean_err`` and ``baseline_clean_err``).
     * ``mean_err_15`` / ``mean_err_19``: the plain (un-normalised) means over the 15 / all 19 corruptions that
-      hendrycks' and iBOT's scripts print as "mCE (unnormalized)".
+      hendrycks' and iBOT's scripts print as "mCE (unnormalized)" — ``None`` unless all 15 (19) corruptions × severities
+      1-5 are present, like mCE (a mean over a subset is not comparable with published numbers).
+    * ``mean_err_cells`` / ``n_cells``: the mean error over every evaluated (corruption, severity) cell, benchmark and
+      extra, whatever subset ran, and how many cells that is.
     * The 4 extra corruptions are summarised separately (``extra``) and never enter mCE.
 
     ``baseline`` defaults to :data:`ALEXNET_ERR`; pass another model's per-corruption mean errors (e.g. AlexNet
@@ -141,6 +144,7 @@ def imagenet_c_summary(
         rel = {c: 100.0 * (per_c[c] - clean_err) / (baseline[c] - baseline_clean_err)
                for c in per_c if c in baseline}
     complete = _complete(errors, BENCHMARK_CORRUPTIONS) and all(c in baseline for c in BENCHMARK_CORRUPTIONS)
+    cell_errs = [float(e) for c in ALL_CORRUPTIONS for s, e in errors.get(c, {}).items() if int(s) in SEVERITIES]
     out = {
         "clean_err": clean_err,
         "corruption_err": {c: per_c[c] for c in bench},
@@ -148,9 +152,11 @@ def imagenet_c_summary(
         "relative_ce": {c: rel[c] for c in bench if c in rel},
         "mce": mean(ce[c] for c in BENCHMARK_CORRUPTIONS) if complete else None,
         "relative_mce": (mean(rel[c] for c in BENCHMARK_CORRUPTIONS) if complete and rel else None),
-        "mean_err_15": mean(per_c[c] for c in bench) if bench else None,
-        "mean_err_19": (mean(per_c[c] for c in ALL_CORRUPTIONS)
-                        if all(c in per_c for c in ALL_CORRUPTIONS) else None),
+        "mean_err_15": (mean(per_c[c] for c in BENCHMARK_CORRUPTIONS)
+                        if _complete(errors, BENCHMARK_CORRUPTIONS) else None),
+        "mean_err_19": (mean(per_c[c] for c in ALL_CORRUPTIONS) if _complete(errors, ALL_CORRUPTIONS) else None),
+        "mean_err_cells": mean(cell_errs) if cell_errs else None,
+        "n_cells": len(cell_errs),
         "complete": complete,
         "n_benchmark_corruptions": len(bench),
         "extra": {

@@ -40,7 +40,9 @@ __all__ = [
     "IL_LEVELS",
     "MODES",
     "PatchDrop",
+    "cell_key",
     "cells",
+    "format_level",
     "mask_patch_scores",
     "num_dropped",
     "patch_mask_to_pixels",
@@ -53,6 +55,20 @@ GROUP = "occlusion"
 IL_LEVELS: tuple[float, ...] = tuple(i / 10 for i in range(10))
 MODES = ("random", "salient", "non_salient", "salient_mask", "non_salient_mask")
 FILLS = ("black", "mean")
+
+
+def format_level(level: float) -> str:
+    """A level for display, as typed: 0.25 -> ``'0.25'``, 0.5 -> ``'0.5'``, 0 -> ``'0.0'`` (never rounded: ``:.1f``
+    would show 0.25 and 0.75 as 0.2 and 0.8)."""
+    text = f"{float(level):.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+def cell_key(mode: str, level: float) -> str:
+    """``'random/0.25'``: two decimals (the stored layout), more when the level has more (0.125 -> ``'0.125'``), so
+    two levels never share a key."""
+    level = float(level)
+    return f"{mode}/{level:.2f}" if abs(round(level, 2) - level) < 1e-12 else f"{mode}/{format_level(level)}"
 
 
 def num_dropped(fraction: float, num_patches: int) -> int:
@@ -201,7 +217,7 @@ def cells(dataset: Dataset, modes: Sequence[str] = ("random", "salient", "non_sa
         for level in levels:
             edit = PatchDrop(mode, level, grid=grid, fill=fill, seed=seed, head=head,
                              threshold="fraction" if mode == "random" else threshold, attention_cache=cache)
-            out.append(Cell(f"{mode}/{level:.2f}", dataset, predict, edit, info={"mode": mode, "level": level}))
+            out.append(Cell(cell_key(mode, level), dataset, predict, edit, info={"mode": mode, "level": level}))
     return out
 
 
@@ -210,7 +226,8 @@ def summarize(cells_: dict[str, dict]) -> dict:
     points: dict[str, list[tuple[float, float, float]]] = {}
     for key, rec in cells_.items():
         mode, level = key.rsplit("/", 1)
-        points.setdefault(mode, []).append((float(level), float(rec.get("info_loss", level)), float(rec["acc"])))
+        level = float(rec.get("level", level))  # the exact level (the key has two decimals)
+        points.setdefault(mode, []).append((level, float(rec.get("info_loss", level)), float(rec["acc"])))
     curves = {}
     for mode, pts in points.items():
         pts.sort()

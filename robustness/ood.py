@@ -17,7 +17,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .data import ImageListDataset, imagenet_synsets, list_image_folder, timm_info_lines
+from .data import DataLayoutError, ImageListDataset, imagenet_synsets, list_image_folder, timm_info_lines
 from .engine import Cell, argmax_predict
 
 __all__ = ["GROUP", "OOD_SETS", "cells", "restricted_predict", "subset_indices", "summarize"]
@@ -55,14 +55,16 @@ class restricted_predict:  # noqa: N801 - used like a function
 
 
 def cells(roots: Mapping[str, str | os.PathLike[str]], *, resize: int | None = 256,
-          crop: int | None = 224) -> list[Cell]:
-    """One cell per given set, e.g. ``cells({'imagenet_a': '/data/imagenet-a'})``."""
+          crop: int | None = 224, per_class: int | None = None, limit: int | None = None) -> list[Cell]:
+    """One cell per given set, e.g. ``cells({'imagenet_a': '/data/imagenet-a'})``; ``per_class`` / ``limit``: the
+    first images of each class / overall (sorted order)."""
     out = []
     for name, root in roots.items():
         if name not in OOD_SETS:
             raise ValueError(f"unknown OOD set {name!r}; choose from {OOD_SETS}")
         if name == "imagenet_sketch":
             images = list_image_folder(root, "imagenet1k", layout_hint="<root>/<wnid>/*.JPEG (1000 classes)")
+            images = images.subset(per_class=per_class, limit=limit)
             out.append(Cell(name, ImageListDataset(images, resize, crop), argmax_predict, info={"set": name}))
             continue
         synsets = _subset_synsets(name)
@@ -70,7 +72,9 @@ def cells(roots: Mapping[str, str | os.PathLike[str]], *, resize: int | None = 2
         images = list_image_folder(root, mapping, layout_hint=f"<root>/<wnid>/*.jpg (the 200 {name} classes)")
         unknown = [c for c in os.listdir(root) if os.path.isdir(os.path.join(root, c)) and c not in mapping]
         if unknown:
-            raise ValueError(f"{root}: folders {unknown[:5]} are not {name} classes")
+            raise DataLayoutError(f"{root}: folders {unknown[:5]} are not {name} classes (WordNet ids of timm's "
+                                  f"{_SYNSET_FILES[name]}); remove them or pass the right set's flag")
+        images = images.subset(per_class=per_class, limit=limit)
         out.append(Cell(name, ImageListDataset(images, resize, crop), restricted_predict(subset_indices(name)),
                         info={"set": name}))
     return out

@@ -52,6 +52,10 @@ def summarize_results(data: Mapping[str, Any], *, baseline: Mapping[str, Any] | 
         if baseline is not None:
             s["baseline"] = f"{_one_line(baseline.get('model'))} (evaluated in this harness)"
         s["config"] = groups[imagenet_c.GROUP].get("config", {})
+        s["dataset"] = imagenet_c.dataset_of(s["config"])
+        s["ce_shown"] = baseline is not None or s["dataset"] == "imagenet"
+        if not s["ce_shown"]:
+            _hide_ce(s)
         out["imagenet_c"] = s
     if occlusion.GROUP in groups:
         out["occlusion"] = occlusion.summarize(groups[occlusion.GROUP]["cells"])
@@ -67,6 +71,15 @@ def summarize_results(data: Mapping[str, Any], *, baseline: Mapping[str, Any] | 
 
             out[task] = dense.summarize(groups[task]["cells"], task)
     return out
+
+
+def _hide_ce(s: dict) -> None:
+    """Drop the AlexNet-normalised numbers of an ImageNet-C summary whose data is not ImageNet (or not known to be):
+    AlexNet's ImageNet-C errors normalise nothing else."""
+    s["mce"] = s["relative_mce"] = None
+    s["ce"], s["relative_ce"] = {}, {}
+    s["extra"]["ce"] = {}
+    s["baseline"] = ("– (data set not recorded)" if s["dataset"] is None else "– (not ImageNet data)")
 
 
 # ------------------------------------------------------------------------------------------------ formatting
@@ -188,18 +201,37 @@ def _section_imagenet_c(page: Page, summaries: Sequence[dict]) -> None:
     if not models:
         return
     page.heading("ImageNet-C")
+    counts = {s["imagenet_c"].get("n_cells", 0) for s in models}
+    one_count = len(counts) == 1
+    cells_header = f"mean err ({counts.pop()} cells)" if one_count else "mean err (n cells)"
     rows = []
     for s in models:
         c = s["imagenet_c"]
+        subset = _pct(c.get("mean_err_cells"))
+        if not one_count and c.get("mean_err_cells") is not None:
+            subset += f" ({c.get('n_cells', 0)})"
         rows.append([_label(s), _pct(c["clean_err"]), _num(c["mce"]), _num(c["relative_mce"]),
-                     _pct(c["mean_err_15"]), _pct(c["mean_err_19"]), c["baseline"]])
-    page.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", "CE normalised by"], rows)
+                     _pct(c["mean_err_15"]), _pct(c["mean_err_19"]), subset, c["baseline"]])
+    page.table(["Model", "Clean err", "mCE", "rel. mCE", "mean err (15)", "mean err (19)", cells_header,
+                "CE normalised by"], rows)
     page.para("Errors are top-1 in %. mCE = mean over the 15 benchmark corruptions of CE_c = 100 · mean_s err / "
-             "AlexNet err_c (lower is better; '–' when not all 15 × 5 cells were evaluated). 'mean err' columns are "
-             "the "
-             "un-normalised means over 15 / all 19 corruptions that hendrycks' and iBOT's scripts print. Corruptions "
-             "computed on the fly differ from the released ImageNet-C JPEGs; normalise by an AlexNet evaluated the "
-             "same way (--baseline) for a like-for-like CE.")
+             "AlexNet err_c (lower is better; '–' when not all 15 × 5 cells were evaluated). 'mean err (15)' and "
+             "'(19)' are the un-normalised means over all 15 / 19 corruptions × severities 1–5 that hendrycks' and "
+             "iBOT's scripts print ('–' unless every one of those cells was evaluated); the 'cells' column is the "
+             "mean over the corruption × severity cells that were evaluated, whatever subset ran (not comparable "
+             "with published numbers). Corruptions computed on the fly differ from the released ImageNet-C JPEGs; "
+             "normalise by an AlexNet evaluated the same way (--baseline) for a like-for-like CE.")
+    hidden = [s for s in models if not s["imagenet_c"].get("ce_shown", True)]
+    if hidden:
+        page.para("CE, mCE and relative mCE are not shown ('–') for " + ", ".join(_label(s) for s in hidden)
+                  + ": they are normalised by AlexNet's ImageNet-C errors, which describe ImageNet only, and the "
+                  "result file does not say the data is ImageNet (imagenet-c records 'dataset': 'imagenet' for the "
+                  "released ImageNet-C folders and for WordNet-id class folders, or when run with --dataset "
+                  "imagenet). To compare on other data, evaluate a baseline model the same way and pass its result "
+                  "file to report --baseline."
+                  + (" A file written before the data set was recorded ('data set not recorded') records it when the "
+                     "same imagenet-c command is run again (stored cells are not recomputed)."
+                     if any(s["imagenet_c"].get("dataset") is None for s in hidden) else ""))
     present = [c for c in BENCHMARK_CORRUPTIONS if any(c in s["imagenet_c"]["corruption_err"] for s in models)]
     page.table(["Model (err %)"] + [_SHORT[c] for c in present],
               [[_label(s)] + [_pct(s["imagenet_c"]["corruption_err"].get(c)) for c in present] for s in models])
@@ -230,27 +262,34 @@ def _section_occlusion(page: Page, summaries: Sequence[dict]) -> None:
         for mode, c in sorted(s["occlusion"]["curves"].items()):
             acc = dict(zip(c["level"], c["acc"]))
             rows.append([_label(s), mode] + [_pct(acc.get(lv)) for lv in levels])
-    page.table(["Model", "mode"] + [f"IL {lv:.1f}" for lv in levels], rows)
+    page.table(["Model", "mode"] + [f"IL {occlusion.format_level(lv)}" for lv in levels], rows)
     cfg = models[0]["occlusion"].get("config", {})
     page.para(f"Top-1 accuracy (%) after dropping a fraction of a {_one_line(cfg.get('grid', '?'))} patch grid "
              f"(information loss, IL). Dropped pixels: {_one_line(cfg.get('fill', '?'))}. salient / non_salient rank "
              "patches by the model's last-block [CLS] attention on the clean image (*_mask: by the foreground mask).")
+    page.figure(_occlusion_figure(models, levels), "occlusion_curves", "Occlusion: accuracy vs information loss")
+
+
+def _occlusion_figure(models: Sequence[dict], levels: Sequence[float]):
+    """One panel per mode: accuracy vs information loss, ticks at the evaluated levels labelled exactly."""
     plt = _plt()
     modes = sorted({m for s in models for m in s["occlusion"]["curves"]})
     fig, axes = plt.subplots(1, len(modes), figsize=(3.4 * len(modes), 2.8), squeeze=False, sharey=True)
+    ticks = list(levels) if len(levels) <= 6 else list(levels)[::2]  # at most 6 labels: no overlap
     for ax, mode in zip(axes[0], modes):
         for s in models:
             c = s["occlusion"]["curves"].get(mode)
             if c:
                 ax.plot(c["info_loss"], [100 * a for a in c["acc"]], marker="o", ms=3,
                         label=_plot_label(_label(s)))
+        ax.set_xticks(ticks, [occlusion.format_level(lv) for lv in ticks])
         ax.set_title(mode)
         ax.set_xlabel("information loss")
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("top-1 acc (%)")
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    page.figure(fig, "occlusion_curves", "Occlusion: accuracy vs information loss")
+    return fig
 
 
 def _section_backgrounds(page: Page, summaries: Sequence[dict]) -> None:

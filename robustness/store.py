@@ -20,8 +20,10 @@ Writes and what they guarantee:
   refused (:class:`ConfigMismatchError`), never mixed.
 
 A group remembers the ``config`` it was computed with; a re-run with a different config refuses to mix results unless
-told to start the group afresh. Files of the first version (``{"format": "ibot-robustness/1", ...}``, same layout)
-are read and rewritten in this one.
+told to start the group afresh. Keys added to a command's configuration after a file was written are matched through
+``open_group(..., defaults=...)``: a stored configuration without such a key reads as having its default (``ANY``: a
+key that describes the data but does not change the cells), and is upgraded to the new configuration. Files of the
+first version (``{"format": "ibot-robustness/1", ...}``, same layout) are read and rewritten in this one.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from typing import Any, Final
 
 from ibot.records import RecordError, json_safe, read_record, schema_tag, write_record
 
-__all__ = ["SCHEMA", "ConfigMismatchError", "ResultStore", "load_results"]
+__all__ = ["ANY", "SCHEMA", "ConfigMismatchError", "ResultStore", "load_results"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +48,22 @@ SCHEMA: Final = schema_tag("robustness", 2)
 _LEGACY_FORMAT: Final = "ibot-robustness/1"
 _FIX = ("move it away or delete it to start afresh, restore it from a backup, or write to another --out "
         "(--restart cannot repair a file that does not parse)")
+
+
+#: ``open_group(defaults={key: ANY})``: a stored configuration without ``key`` matches whatever value is asked.
+ANY: Final = object()
+
+
+def _matches(stored: Mapping[str, Any], config: Mapping[str, Any], defaults: Mapping[str, Any]) -> bool:
+    """``stored == config``, where a key of ``defaults`` missing from ``stored`` stands for its default (``ANY``:
+    for any value)."""
+    for key in set(stored) | set(config):
+        if key in stored or key not in defaults:
+            if stored.get(key) != config.get(key):
+                return False
+        elif defaults[key] is not ANY and json_safe(defaults[key]) != config.get(key):
+            return False
+    return True
 
 
 class ConfigMismatchError(RuntimeError):
@@ -142,6 +160,9 @@ class ResultStore:
         #: Cells this run computed, merged into the file at every write.
         self._new: dict[str, dict[str, Any]] = {}
         self._files: dict[str, dict[str, str]] = {}
+        self._defaults: dict[str, dict[str, Any]] = {}
+        #: Groups whose stored configuration lacked keys added since (upgraded at the next write, or :meth:`flush`).
+        self._upgraded: set[str] = set()
         self.data = self._read()
         self._apply_identity(self.data)
 
@@ -165,7 +186,10 @@ class ResultStore:
     # ------------------------------------------------------------------ groups
     def _mismatch(self, group: str, stored: Mapping[str, Any], config: Mapping[str, Any], why: str,
                   files: Mapping[str, str]) -> ConfigMismatchError:
-        diff = sorted(k for k in set(config) | set(stored) if config.get(k) != stored.get(k))
+        defaults = self._defaults.get(group, {})
+        diff = sorted(k for k in set(config) | set(stored)
+                      if not _matches({k: stored[k]} if k in stored else {}, {k: config[k]} if k in config else {},
+                                      defaults))
         details = []
         for k in diff[:6]:
             where = f" (file {files[k]})" if k in files else ""
@@ -178,24 +202,32 @@ class ResultStore:
             "the stored cells of this group and recompute, or write to another --out file")
 
     def open_group(self, group: str, config: Mapping[str, Any], *, restart: bool = False,
-                   files: Mapping[str, str | os.PathLike[str]] | None = None) -> None:
+                   files: Mapping[str, str | os.PathLike[str]] | None = None,
+                   defaults: Mapping[str, Any] | None = None) -> None:
         """Declare the configuration of ``group``; refuse to mix cells computed under another one.
 
         Nothing is written here: the group reaches the file with the run's first finished cell.
         ``restart=True`` drops the group's stored cells (in memory now, in the file at the first write) when the
         configuration changed, or always, if it did not change (a forced recomputation). ``files``: ``{config key:
         file path}`` for keys that identify a file's content (``'head_sha256'``), named in the error message.
+        ``defaults``: ``{key: value}`` of keys added to the configuration after files were written; a stored
+        configuration without the key reads as having ``value`` (:data:`ANY`: any value), and is upgraded.
 
         Raises:
             ConfigMismatchError: the stored group has another configuration (names the file, the keys and the fix).
         """
         config = json_safe(config)  # compared with the stored (JSON) form: tuples -> lists, NaN -> None
         self._files[group] = {k: os.fspath(v) for k, v in (files or {}).items()}
+        self._defaults[group] = dict(defaults or {})
         with self._lock:
             stored = self.data["groups"].get(group)
-            if stored is not None and not restart and stored.get("config") != config:
+            if stored is not None and not restart and not _matches(stored.get("config", {}), config,
+                                                                   self._defaults[group]):
                 raise self._mismatch(group, stored.get("config", {}), config,
                                      "was computed with a different configuration", self._files[group])
+            if stored is not None and not restart and stored.get("config") != config:
+                stored["config"] = config  # only keys added since: upgraded
+                self._upgraded.add(group)
             self._opened[group] = config
             self._new.setdefault(group, {})
             if stored is None or restart:
@@ -256,12 +288,20 @@ class ResultStore:
             if group in self._restart or stored is None:
                 groups[group] = {"config": config, "cells": dict(self._new[group])}
                 continue
-            if stored["config"] != config:
+            if not _matches(stored["config"], config, self._defaults.get(group, {})):
                 raise self._mismatch(group, stored["config"], config, "was restarted by another run with a "
                                      "different configuration while this run was computing", self._files[group])
+            stored["config"] = config
             stored["cells"].update(self._new[group])
         self._apply_identity(disk)
         return disk
+
+    def flush(self) -> None:
+        """Write now if a configuration was upgraded (:meth:`open_group` ``defaults``) and no cell wrote it since:
+        a re-run that finds every cell stored still records the keys added since."""
+        if self._upgraded:
+            with self._lock:
+                self._write()
 
     def _write(self) -> None:
         if not self.writable:
@@ -270,4 +310,5 @@ class ResultStore:
             merged = self._merged(self._read())
             write_record(self.path, merged, schema=SCHEMA)
         self._restart.clear()  # applied: later writes merge into the restarted group
+        self._upgraded.clear()
         self.data = merged

@@ -18,8 +18,8 @@ from ibot.features import FeatureSpec
 from ibot.vit import build_vit
 from robustness.classifier import BackboneWithLinearHead, ImageClassifier
 
-__all__ = ["REPO", "check_html_report", "load_tool", "png_folder", "shared_data_path", "tiny_model_files",
-           "tiny_vit_classifier"]
+__all__ = ["REPO", "check_html_report", "foreground_folder", "load_tool", "png_folder", "shared_data_path",
+           "tiny_model_files", "tiny_vit_classifier"]
 
 
 def load_tool(name: str) -> ModuleType:
@@ -62,6 +62,31 @@ def png_folder(root: Path, classes: tuple[str, ...] = ("ant", "bee"), per_class:
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+def foreground_folder(root: Path, layout: str = "folders", classes: tuple[str, ...] = ("ant", "bee"),
+                      per_class: int = 3, size: int = 32,
+                      boxes: dict[str, tuple[int, int, int, int]] | None = None, seed: int = 0) -> tuple[Path, Path]:
+    """``(images, masks)`` folders of random RGB images with a square foreground each (mask 255 inside, 0 outside).
+
+    ``layout``: ``'folders'`` (``images/<class>/<i>.png``, ``masks/<class>/<i>.png``) or ``'prefix'``
+    (``images/<class>_<i>.png``, ``masks/<class>_<i>.png``). The foreground is the centre half of the image unless
+    ``boxes`` gives ``(y0, y1, x0, x1)`` for an image's stem (``'<class>_<i>'`` in both layouts).
+    """
+    rng = np.random.default_rng(seed)
+    images, masks = root / "images", root / "masks"
+    for name in classes:
+        for i in range(per_class):
+            stem = f"{name}_{i}"
+            rel = Path(name) / f"{i}.png" if layout == "folders" else Path(f"{stem}.png")
+            for folder in (images, masks):
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            y0, y1, x0, x1 = (boxes or {}).get(stem, (size // 4, 3 * size // 4, size // 4, 3 * size // 4))
+            mask = np.zeros((size, size), np.uint8)
+            mask[y0:y1, x0:x1] = 255
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(images / rel)
+            Image.fromarray(mask).save(masks / rel)
+    return images, masks
 
 
 class _HTMLProbe(HTMLParser):

@@ -21,7 +21,7 @@ def _fake_results(path: Path, name: str, base_err: float, dense: bool = True) ->
         for s in range(1, 6):
             err = min(0.99, base_err + 0.05 * s + 0.005 * k)
             cells[f"{c}/{s}"] = {"err": err, "acc": 1 - err}
-    store.open_group("imagenet_c", {"seed": 0})
+    store.open_group("imagenet_c", {"seed": 0, "dataset": "imagenet"})  # AlexNet-normalised CE applies
     store.put_many("imagenet_c", cells)
     store.open_group("occlusion", {"grid": "14x14", "fill": "black"})
     store.put_many("occlusion", {f"{mode}/{i / 10:.2f}": {"acc": max(0.0, 0.8 - slope * i / 10),

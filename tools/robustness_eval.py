@@ -4,6 +4,9 @@ occlusion, backgrounds, OOD. The same as ``python -m robustness.cli <command>`` 
 
     python tools/robustness_eval.py imagenet-c --backbone backbone.pth --head head.pth --data /data/imagenet/val \
         --out results/model.json
+    # your own images + foreground masks, labelled by class folder (images/<class>/x.jpg, masks/<class>/x.png)
+    python tools/robustness_eval.py backgrounds --backbone backbone.pth --head head.pth --images my/images \
+        --masks my/masks --labels-from folders --fg-crop --out results/model.json
 """
 import sys
 from pathlib import Path
