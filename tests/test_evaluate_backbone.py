@@ -299,6 +299,7 @@ def test_files_need_no_shape_flags(scenes, tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------- detection, segmentation
+@pytest.mark.slow  # ~90 s; the default run covers it by test_dense_cli's --backbone tests and the quick demo
 def test_det_and_seg_follow_the_checkpoint_shape(tmp_path) -> None:
     """The demo-scale det / seg configs (96-d, 4-block ViT) evaluate a 192-d, 2-block checkpoint: the backbone file's
     description sets the backbone shape and the neck / head input widths; it loads with nothing missing."""

@@ -151,6 +151,7 @@ def test_fsdp_matches_ddp_and_writes_the_ddp_format(refs: dict[str, Path]) -> No
     assert _max_diff(ta, tb) <= 1e-7
 
 
+@pytest.mark.slow  # ~50 s; the default run keeps the DDP SIGKILL test and FSDP == DDP checkpoints
 def test_fsdp_sigkill_and_resume_is_bitwise_identical(data, refs: dict[str, Path], tmp_path: Path) -> None:
     work = tmp_path / "killed"
     for kill_after in (2, 5):  # kill both workers and the launcher twice, at different iterations
