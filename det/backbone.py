@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ibot.checkpoint import StateDictMismatchError, load_backbone
+from ibot.compat.mmengine import runner_safe_globals
 from ibot.vit import ARCHS, iBOTViT
 
 from .checkpoint import resolve_checkpoint
@@ -281,7 +282,8 @@ class iBOTViTBackbone(BaseModule):
                              f"checkpoint_key=None) only, got {self.init_cfg}{extra}")
         path, trusted = resolve_checkpoint(str(source))
         try:
-            _, self.backbone_report = load_backbone(path, trusted=trusted, key=key, model=self.vit)
+            with runner_safe_globals():  # det / seg runner checkpoints load weights-only too
+                _, self.backbone_report = load_backbone(path, trusted=trusted, key=key, model=self.vit)
         except StateDictMismatchError as exc:
             raise StateDictMismatchError(
                 f"{exc}\nThis backbone is {self._shape()}. Fix: take the shape from the file with "

@@ -2,17 +2,30 @@
 ``tools/test.py`` are shims over it).
 
     python -m det.cli train CONFIG [--backbone FILE] [--work-dir DIR] [--resume [CKPT]] [--amp [fp16|bf16]]
-        [--auto-scale-lr] [--data-root DIR] [--trust-checkpoint] [--cfg-options k=v ...] [--launcher ...]
+        [--auto-scale-lr] [--data-root DIR] [--trust-checkpoint] [--allow-partial] [--skip-invalid]
+        [--cfg-options k=v ...] [--launcher ...]
     python -m det.cli test CONFIG CHECKPOINT [--backbone FILE] [--metrics-json FILE] [same common options]
 
 Both serve MMDetection and MMSegmentation configs: the toolkit is read from the config's ``default_scope``
 (``mmdet`` / ``mmseg``, set by the toolkits' ``default_runtime.py``). ``--backbone FILE`` shapes the config from the
 file's description (:func:`apply_backbone`), so one config serves every ViT size. Multi-GPU:
 ``python -m torch.distributed.run --nproc_per_node=N -m det.cli train CONFIG --launcher pytorch ...``.
+
+Failure behaviour (before the runner starts, so nothing is written and earlier results stay as they are):
+
+* checkpoints are trusted by content, never by location: tensors-only files and mmengine runner checkpoints load
+  weights-only from anywhere (:mod:`ibot.compat.mmengine`); a file pickling anything else is refused naming the
+  file and ``--trust-checkpoint`` (which trusts exactly the files this run names);
+* the data is validated (:mod:`det.validate`): invalid annotations / label maps are an error naming the file, kind,
+  count and ids, unless ``--skip-invalid`` drops them (counts logged);
+* a test / load_from / resume checkpoint that leaves any model tensor missing or mis-shaped (or matches nothing) is
+  an error listing the keys, unless ``--allow-partial`` (or ``load_strict = False`` in the config).
 """
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
 import os.path as osp
 import sys
@@ -21,13 +34,14 @@ from typing import Any, Iterator
 
 from mmengine.config import Config, ConfigDict, DictAction
 
-from ibot.checkpoint import read_backbone
+from ibot.checkpoint import CheckpointError, CheckpointFormatError, StateDictMismatchError, read_backbone
+from ibot.compat.mmengine import check_checkpoint, runner_safe_globals, trust_checkpoint
 from ibot.compat.mmengine import install as install_checkpoint_policy
-from ibot.compat.mmengine import trust_checkpoint
 from ibot.records import schema_tag, write_record
 from ibot.vit import ARCHS
 
 from .checkpoint import resolve_checkpoint
+from .validate import DataValidationError, validate_data
 
 TOOLKITS = ("mmdet", "mmseg")
 AMP_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
@@ -47,9 +61,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         "annotation files of the evaluators)")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full unpickling (torch.load(weights_only=False)) of the checkpoints this run "
-                        "reads: --backbone, the backbone init_cfg checkpoint, load_from / --resume, the test "
-                        "CHECKPOINT. Only for files you trust (it executes pickled code). Checkpoints inside the "
-                        "work dir, written by the runner, are trusted without it")
+                        "names: --backbone, the backbone init_cfg checkpoint, load_from / --resume, the test "
+                        "CHECKPOINT. Only for files you trust (it executes pickled code). Not needed for tensors-only "
+                        "files and mmengine runner checkpoints (epoch_N.pth / iter_N.pth), which load weights-only "
+                        "from any directory; where a file lies never makes it trusted")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="load a test / load_from / resume checkpoint even when model tensors are missing or "
+                        "mis-shaped (they keep their random / init values; what loaded is logged). Without it "
+                        "(and without load_strict = False in the config) that is an error listing the keys")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="drop invalid annotations / images found by the data validation (unknown category, "
+                        "empty or out-of-image box, polygon of < 3 points, label above the class count, label map "
+                        "of another size than its image, ...) instead of stopping; the counts are logged and "
+                        "cleaned copies are written under WORK_DIR/validated/")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction,
                         help="override config entries, key=value (e.g. train_cfg.max_iters=10, "
                         "model.backbone.init_cfg.checkpoint=PATH, 'key=[a,b]')")
@@ -116,11 +140,6 @@ def set_data_root(cfg: Config, root: str) -> None:
     cfg.data_root = new
 
 
-def _inside(path: str, directory: str) -> bool:
-    path, directory = osp.realpath(path), osp.realpath(directory)
-    return osp.commonpath([path, directory]) == directory
-
-
 def pretrained_checkpoints(cfg: Config) -> Iterator[str]:
     """Local ``checkpoint`` entries of every ``init_cfg=dict(type='Pretrained', ...)`` under ``cfg.model``."""
     def visit(obj: Any) -> Iterator[str]:
@@ -137,17 +156,27 @@ def pretrained_checkpoints(cfg: Config) -> Iterator[str]:
     yield from visit(cfg.get("model", ConfigDict()))
 
 
-def trust_checkpoints(cfg: Config, trust: bool, runner_files: list[str], other_files: list[str] = ()) -> list[str]:
-    """Allow-list checkpoints for full unpickling; returns the trusted ones.
+def trust_checkpoints(trust: bool, files: Sequence[str]) -> list[str]:
+    """Allow-list ``files`` for full unpickling when ``trust`` (``--trust-checkpoint``); returns the trusted ones.
 
-    With ``trust`` (``--trust-checkpoint``) every given file is trusted. Without it only ``runner_files`` (resume /
-    test checkpoints) that lie inside ``cfg.work_dir`` are, as files this project's runner wrote there.
+    Trust is per named file and only by the flag: no directory (the work dir included) makes a file trusted.
+    Runner checkpoints need no trust (:func:`ibot.compat.mmengine.load_checkpoint_file` reads them weights-only).
     """
-    trusted = [p for p in runner_files if p and (trust or _inside(p, cfg.work_dir))]
-    trusted += [p for p in other_files if p and trust]
+    trusted = [p for p in files if p and trust]
     for p in trusted:
         trust_checkpoint(p)
     return trusted
+
+
+def preflight_checkpoints(files: Sequence[str], *, what: str = "checkpoint") -> None:
+    """Refuse, before anything is built, a named checkpoint that does not exist or would need trust
+    (:func:`ibot.compat.mmengine.check_checkpoint`; URLs are checked when downloaded)."""
+    for path in files:
+        if not path or "://" in str(path):
+            continue
+        if not osp.isfile(osp.expanduser(path)):
+            raise SystemExit(f"{what} {path!r} does not exist")
+        check_checkpoint(path)
 
 
 def resolve_resume(cfg: Config, resume: str | None) -> None:
@@ -158,9 +187,91 @@ def resolve_resume(cfg: Config, resume: str | None) -> None:
     if resume == "auto":
         from mmengine.runner import find_latest_checkpoint
 
-        cfg.load_from = find_latest_checkpoint(cfg.work_dir) if osp.isdir(cfg.work_dir) else None
+        latest = find_latest_checkpoint(cfg.work_dir) if osp.isdir(cfg.work_dir) else None
+        if latest == "":  # an interrupted write of last_checkpoint: do not silently start from scratch
+            raise SystemExit(f"--resume: {osp.join(cfg.work_dir, 'last_checkpoint')} is empty (an interrupted run?); "
+                             "pass --resume CKPT with the checkpoint to resume from")
+        if latest and not osp.isfile(latest):
+            raise SystemExit(f"--resume: {osp.join(cfg.work_dir, 'last_checkpoint')} names {latest!r}, which does "
+                             "not exist; pass --resume CKPT with the checkpoint to resume from")
+        cfg.load_from = latest
     else:
         cfg.load_from = resume
+
+
+# -------------------------------------------------------------------------------------------- partial loads
+class PartialCheckpointError(CheckpointError):
+    """A checkpoint leaves model tensors missing or mis-shaped (or matches nothing) and partial loads were not
+    allowed. ``missing``, ``unexpected``, ``mismatched``: the keys."""
+
+    def __init__(self, message: str, missing: list[str], unexpected: list[str], mismatched: list[str]) -> None:
+        super().__init__(message)
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+
+
+def _group(keys: Sequence[str], limit: int = 8) -> str:
+    """``backbone.vit.* (150), neck.* (8), conv1.weight``: keys grouped by module (at most two levels deep)."""
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        parts = key.split(".")
+        groups.setdefault(".".join(parts[:max(1, min(2, len(parts) - 1))]), []).append(key)
+    items = [ks[0] if len(ks) == 1 else f"{p}.* ({len(ks)})" for p, ks in groups.items()]
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more groups)" if len(items) > limit else "")
+
+
+def compare_state_dict(model: Any, state_dict: Mapping[str, Any]) -> tuple[list[str], list[str], list[str], int]:
+    """(missing, unexpected, mis-shaped keys, number of model tensors that load) of ``state_dict`` into ``model``
+    (BatchNorm's ``num_batches_tracked`` is not required, as in mmengine)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    mismatched = [k for k in own if k in state_dict and hasattr(state_dict[k], "shape")
+                  and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    matched = sum(1 for k in own if k in state_dict and k not in mismatched)
+    return missing, unexpected, mismatched, matched
+
+
+def partial_load_allowed(cfg: Config, allow_partial: bool) -> bool:
+    """``--allow-partial`` or ``load_strict = False`` in the config."""
+    return bool(allow_partial) or cfg.get("load_strict", True) is False
+
+
+def install_load_policy(runner: Any, allow_partial: bool) -> None:
+    """Make ``runner.load_checkpoint`` (mmengine's path for ``load_from`` and resume) refuse a checkpoint that
+    leaves any model tensor missing or mis-shaped, or matches nothing, unless ``allow_partial``; in every case log
+    how many model tensors loaded from which file."""
+    import re
+
+    from mmengine.model import is_model_wrapper
+    from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
+
+    def load_checkpoint(filename: str, map_location: Any = "cpu", strict: bool = False,
+                        revise_keys: Sequence[tuple[str, str]] = ((r"^module.", ""),)) -> dict:
+        checkpoint = _load_checkpoint(filename, map_location=map_location)
+        runner.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        state_dict = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, Mapping) else {}
+        for pattern, repl in revise_keys:
+            state_dict = {re.sub(pattern, repl, k): v for k, v in state_dict.items()}
+        missing, unexpected, mismatched, matched = compare_state_dict(model, state_dict)
+        total = matched + len(missing) + len(mismatched)
+        report = (f"'{filename}' into {type(model).__name__}: {matched} of {total} model tensors load; "
+                  f"{len(missing)} missing, {len(mismatched)} mis-shaped, {len(unexpected)} unexpected keys")
+        details = "".join(f"\n  {name} ({len(keys)}): {_group(keys)}" for name, keys in
+                          (("missing", missing), ("mis-shaped", mismatched), ("unexpected", unexpected)) if keys)
+        if (missing or mismatched or not matched) and not allow_partial:
+            raise PartialCheckpointError(
+                f"Refusing a partial load of checkpoint {report}{details}\nThe model would run with random "
+                "weights where tensors are missing. Fix: give the checkpoint of this config (same --backbone / "
+                "--cfg-options as when it was written), or pass --allow-partial (config: load_strict = False) to "
+                "load what matches.", missing, unexpected, mismatched)
+        _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=list(revise_keys))
+        runner._has_loaded = True
+        level = logging.WARNING if (missing or mismatched or unexpected) else logging.INFO
+        runner.logger.log(level, f"loaded checkpoint {report}{details}")
+        return checkpoint
+
+    runner.load_checkpoint = load_checkpoint
 
 
 def set_amp(cfg: Config, amp: str) -> None:
@@ -226,7 +337,8 @@ def apply_backbone(cfg: Config, path: str, *, trusted: bool = False, init: bool 
     file. Call it before ``--cfg-options`` are merged, so that explicit options win.
     """
     local, allowed = resolve_checkpoint(path)
-    found = read_backbone(local, trusted=trusted or allowed)
+    with runner_safe_globals():  # a det / seg runner checkpoint of this backbone is a backbone file too
+        found = read_backbone(local, trusted=trusted or allowed)
     if found.model.get("num_heads") is None:
         raise SystemExit(f"--backbone {path}: the head count of this ViT (width {found.model['embed_dim']}) is not "
                          "stored in its weights; convert it once with tools/convert_checkpoint.py --num-heads H "
@@ -257,8 +369,9 @@ def _test_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m det.cli test",
         description="Evaluate an MMDetection 3 or MMSegmentation 1 checkpoint. Checkpoints written by mmengine's "
-        "runner pickle a HistoryBuffer and load only when trusted: pass --trust-checkpoint, or keep them inside the "
-        "work dir. Tensors-only files need no trust.")
+        "runner and tensors-only files load weights-only from any directory; a file that pickles anything else is "
+        "refused unless --trust-checkpoint. A checkpoint that leaves model tensors missing is refused unless "
+        "--allow-partial; invalid test data is refused unless --skip-invalid.")
     parser.add_argument("config", help="config file (det/configs/... or seg/configs/...)")
     parser.add_argument("checkpoint", help="checkpoint to evaluate")
     parser.add_argument("--metrics-json", help=f"also write the metrics (rank 0) to this JSON record "
@@ -289,8 +402,16 @@ def main_train(argv: list[str] | None = None) -> None:
             raise SystemExit("--auto-scale-lr: the config has no auto_scale_lr.base_batch_size")
         cfg.auto_scale_lr.enable = True
     resolve_resume(cfg, args.resume)
-    trust_checkpoints(cfg, args.trust_checkpoint, [cfg.get("load_from") or ""], list(pretrained_checkpoints(cfg)))
-    _build_runner(cfg).train()
+    load_from = cfg.get("load_from") or ""
+    init_files = list(pretrained_checkpoints(cfg))
+    trust_checkpoints(args.trust_checkpoint, [load_from, *init_files])
+    init_files = [p for p in init_files if osp.isfile(osp.expanduser(p))]  # a missing one: the backbone says so
+    preflight_checkpoints([load_from], what="--resume / load_from checkpoint")
+    preflight_checkpoints(init_files, what="backbone init checkpoint")
+    validate_data(cfg, "train", skip_invalid=args.skip_invalid)
+    runner = _build_runner(cfg)
+    install_load_policy(runner, partial_load_allowed(cfg, args.allow_partial))
+    runner.train()
 
 
 def _plain(value: Any) -> float | str:
@@ -309,14 +430,36 @@ def main_test(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = load_config(args, init_backbone=False)  # the tested checkpoint holds every weight
     cfg.load_from = args.checkpoint
     cfg.resume = False
-    trust_checkpoints(cfg, args.trust_checkpoint, [args.checkpoint])
-    metrics = _build_runner(cfg).test()
+    trust_checkpoints(args.trust_checkpoint, [args.checkpoint])
+    preflight_checkpoints([args.checkpoint])
+    validate_data(cfg, "test", skip_invalid=args.skip_invalid)
+    runner = _build_runner(cfg)
+    install_load_policy(runner, partial_load_allowed(cfg, args.allow_partial))
+    metrics = runner.test()
     if args.metrics_json and is_main_process():
         write_record(args.metrics_json, {k: _plain(v) for k, v in metrics.items()}, schema=METRICS_SCHEMA)
     return metrics
 
 
-COMMANDS = {"train": main_train, "test": main_test}
+#: Errors about the user's input (files, data, flags) that the command lines report as one message, exit status 1.
+INPUT_ERRORS = (CheckpointError, CheckpointFormatError, StateDictMismatchError, DataValidationError)
+
+
+def _reporting_errors(command: Any) -> Any:
+    """``command`` with :data:`INPUT_ERRORS` turned into ``SystemExit('error: ...')`` (no stack trace)."""
+    @functools.wraps(command)
+    def run(argv: list[str] | None = None) -> Any:
+        try:
+            return command(argv)
+        except INPUT_ERRORS as exc:
+            raise SystemExit(f"error: {exc}") from exc
+    return run
+
+
+#: The command-line entry points (``tools/train.py``, ``tools/test.py``, ``python -m det.cli``).
+cli_train = _reporting_errors(main_train)
+cli_test = _reporting_errors(main_test)
+COMMANDS = {"train": cli_train, "test": cli_test}
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -30,12 +30,25 @@ def test_stock_mmengine_fails_opaquely(mmengine_ckpt) -> None:
     assert not isinstance(err.value, UntrustedCheckpointError)
 
 
-def test_installed_loader_names_the_opt_in(mmengine_ckpt) -> None:
+def test_installed_loader_reads_runner_checkpoints_without_trust(mmengine_ckpt) -> None:
     compat.install()
+    assert not compat.is_trusted(mmengine_ckpt)
+    ckpt = CheckpointLoader.load_checkpoint(str(mmengine_ckpt), map_location="cpu")
+    assert torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
+    buf = ckpt["message_hub"]["log_scalars"]["loss"]
+    assert isinstance(buf, HistoryBuffer) and buf.mean() == 1.5 and buf.statistics("max") == 1.5
+
+
+def test_installed_loader_names_the_opt_in(tmp_path) -> None:
+    import argparse
+
+    compat.install()
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "args": argparse.Namespace(lr=1.0)}, path)
     with pytest.raises(UntrustedCheckpointError) as err:
-        CheckpointLoader.load_checkpoint(str(mmengine_ckpt), map_location="cpu")
+        CheckpointLoader.load_checkpoint(str(path), map_location="cpu")
     msg = str(err.value)
-    assert str(mmengine_ckpt) in msg and "trust" in msg.lower()
+    assert str(path) in msg and "--trust-checkpoint" in msg and "argparse.Namespace" in msg
 
 
 def test_trusted_file_loads(mmengine_ckpt) -> None:

@@ -63,25 +63,48 @@ def test_load_config_work_dir_and_data_root(tmp_path) -> None:
 
 
 def test_checkpoint_trust_rules(tmp_path) -> None:
-    cfg = cli.load_config(args(DET, work_dir=str(tmp_path / "work")))
+    """Trust comes from --trust-checkpoint alone, per named file; no directory (the work dir included) grants it."""
     inside, outside = tmp_path / "work" / "epoch_1.pth", tmp_path / "elsewhere" / "epoch_1.pth"
     pretrained = tmp_path / "full_checkpoint.pth"
-    assert cli.trust_checkpoints(cfg, False, [str(inside), str(outside)], [str(pretrained)]) == [str(inside)]
-    assert is_trusted(inside) and not is_trusted(outside) and not is_trusted(pretrained)
-    assert cli.trust_checkpoints(cfg, True, [str(outside)], [str(pretrained)]) == [str(outside), str(pretrained)]
-    assert is_trusted(outside) and is_trusted(pretrained)
+    assert cli.trust_checkpoints(False, [str(inside), str(outside), str(pretrained)]) == []
+    assert not is_trusted(inside) and not is_trusted(outside) and not is_trusted(pretrained)
+    assert cli.trust_checkpoints(True, [str(outside), str(pretrained), ""]) == [str(outside), str(pretrained)]
+    assert is_trusted(outside) and is_trusted(pretrained) and not is_trusted(inside)
+    assert not hasattr(cli, "_inside")
 
 
-def test_runner_checkpoint_outside_work_dir_needs_the_flag(tmp_path) -> None:
+def test_runner_checkpoint_loads_from_anywhere_without_the_flag(tmp_path) -> None:
+    """What mmengine's runner writes (HistoryBuffer, numpy arrays / scalars) is recognised by content."""
+    import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
 
     path = tmp_path / "downloaded" / "iter_16000.pth"
     path.parent.mkdir()
-    torch.save({"state_dict": {}, "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}}, path)
-    cfg = cli.load_config(args(SEG, work_dir=str(tmp_path / "work")))
-    assert cli.trust_checkpoints(cfg, False, [str(path)]) == []
+    buf = HistoryBuffer()
+    buf.update(2.0)
+    torch.save({"state_dict": {"w": torch.ones(1)}, "meta": {"best": np.float64(0.5)},
+                "message_hub": {"log_scalars": {"loss": buf}}}, path)
+    cli.load_config(args(SEG, work_dir=str(tmp_path / "work")))  # installs the checkpoint policy
+    assert not is_trusted(path)
+    cli.preflight_checkpoints([str(path)])
+    ckpt = CheckpointLoader.load_checkpoint(str(path), map_location="cpu")
+    assert ckpt["message_hub"]["log_scalars"]["loss"].mean() == 2.0 and ckpt["meta"]["best"] == 0.5
+    with pytest.raises(SystemExit, match="does not exist"):
+        cli.preflight_checkpoints([str(tmp_path / "missing.pth")])
+
+
+def test_object_pickling_checkpoint_needs_the_flag(tmp_path) -> None:
+    path = tmp_path / "work" / "epoch_1.pth"  # inside the work dir: no difference
+    path.parent.mkdir()
+    torch.save({"state_dict": {}, "args": argparse.Namespace(arch="vit_small")}, path)
+    cli.load_config(args(SEG, work_dir=str(tmp_path / "work")))
+    with pytest.raises(UntrustedCheckpointError, match="argparse.Namespace.*--trust-checkpoint"):
+        cli.preflight_checkpoints([str(path)])
     with pytest.raises(UntrustedCheckpointError, match="--trust-checkpoint"):
         CheckpointLoader.load_checkpoint(str(path), map_location="cpu")
+    cli.trust_checkpoints(True, [str(path)])
+    cli.preflight_checkpoints([str(path)])
+    assert CheckpointLoader.load_checkpoint(str(path))["args"].arch == "vit_small"
 
 
 def test_resume_auto_finds_the_latest_checkpoint(tmp_path) -> None:

@@ -127,10 +127,13 @@ def test_det_dist_train_test_resume(pretrain_checkpoint, tmp_path) -> None:
     assert (work / "epoch_1.pth").is_file()
     assert re.search(r"Epoch\(train\) +\[1\]\[2/2\].*loss: [0-9.]+ .*s2\.loss_mask", log), log[-3000:]
 
-    # evaluation of the runner's checkpoint (in the work dir, so trusted) with COCO bbox + segm metrics
+    # evaluation of the runner's checkpoint with COCO bbox + segm metrics, from another work dir and without
+    # --trust-checkpoint: a runner checkpoint is recognised by its content, not its place
     metrics_file = tmp_path / "metrics.json"
-    launch("tools/dist_test.sh", DET_CONFIG, str(work / "epoch_1.pth"), "1", "--work-dir", str(work),
-           "--metrics-json", str(metrics_file), *cfg_options(opts))
+    log = launch("tools/dist_test.sh", DET_CONFIG, str(work / "epoch_1.pth"), "1", "--work-dir", str(tmp_path / "eval"),
+                 "--metrics-json", str(metrics_file), *cfg_options(opts))
+    assert re.search(r"loaded checkpoint '.*epoch_1\.pth' into CascadeRCNN: (\d+) of \1 model tensors load; 0 missing",
+                     log), log[-3000:]
     metrics = json.loads(metrics_file.read_text())
     for key in ("coco/bbox_mAP", "coco/bbox_mAP_50", "coco/segm_mAP", "coco/segm_mAP_50"):
         assert isinstance(metrics[key], float) and 0.0 <= metrics[key] <= 1.0, (key, metrics)
@@ -178,8 +181,8 @@ def test_seg_ade20k_dist_train_test_resume(pretrain_checkpoint, tmp_path) -> Non
     assert (work / "iter_2.pth").is_file()
     assert re.search(r"Iter\(train\) +\[2/2\].*decode\.loss_ce: [0-9.]+ .*aux\.loss_ce", log), log[-3000:]
 
-    metrics_file = tmp_path / "metrics.json"
-    launch("tools/dist_test.sh", SEG_CONFIG, str(work / "iter_2.pth"), "1", "--work-dir", str(work),
+    metrics_file = tmp_path / "metrics.json"  # from another work dir, without --trust-checkpoint
+    launch("tools/dist_test.sh", SEG_CONFIG, str(work / "iter_2.pth"), "1", "--work-dir", str(tmp_path / "eval"),
            "--metrics-json", str(metrics_file), *backbone, *cfg_options(opts))
     metrics = json.loads(metrics_file.read_text())
     assert metrics["schema"] == "ibot-suite/dense-metrics/1"

@@ -1,5 +1,6 @@
 # Sourced by the launch scripts (dist_*.sh, slurm_*.sh): one place for the repository root, the
-# python to use, PYTHONPATH, torchrun's multi-node variables and the single-process CPU fallback.
+# python to use, PYTHONPATH, torchrun's multi-node variables, their validation (require_int) and the
+# single-process CPU fallback.
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # The project venv when it exists (tools/setup.sh), else python on PATH; PYTHON overrides.
 PYTHON=${PYTHON:-}
@@ -9,6 +10,33 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+
+# require_int SCRIPT NAME VALUE MIN [MAX]: exit 2 with a message naming NAME unless VALUE is a decimal integer in
+# [MIN, MAX]. Called before anything is started, so a bad GPUS / NNODES / PORT never reaches torchrun or srun.
+require_int() {
+  local script=$1 name=$2 value=$3 min=$4 max=${5:-}
+  local range=">= $min"
+  [ -z "$max" ] || range="in $min..$max"
+  if ! [[ $value =~ ^[0-9]{1,6}$ ]] || [ $((10#$value)) -lt "$min" ] || { [ -n "$max" ] && [ $((10#$value)) -gt "$max" ]; }; then
+    echo "[$script] $name must be an integer $range, got '$value'" >&2
+    exit 2
+  fi
+}
+
+# check_dist_args SCRIPT GPUS: the torchrun launch settings (GPUS per node, NNODES, NODE_RANK, PORT).
+check_dist_args() {
+  require_int "$1" GPUS "$2" 1
+  require_int "$1" NNODES "$NNODES" 1
+  require_int "$1" NODE_RANK "$NODE_RANK" 0 $((10#$NNODES - 1))
+  require_int "$1" PORT "$PORT" 1 65535
+}
+
+# check_slurm_args SCRIPT: the Slurm settings (GPUS tasks in all, GPUS_PER_NODE, CPUS_PER_TASK).
+check_slurm_args() {
+  require_int "$1" GPUS "${GPUS-8}" 1
+  require_int "$1" GPUS_PER_NODE "${GPUS_PER_NODE-8}" 1
+  require_int "$1" CPUS_PER_TASK "${CPUS_PER_TASK-5}" 1
+}
 
 has_gpu() {  # an NVIDIA GPU is visible (checked without importing torch, which takes seconds)
   case "${CUDA_VISIBLE_DEVICES-unset}" in "" | "-1") return 1 ;; esac
@@ -22,6 +50,8 @@ has_gpu() {  # an NVIDIA GPU is visible (checked without importing torch, which 
 dist_run() {
   local name=$1 gpus=$2 script=$3 npos=$4
   shift 4
+  check_dist_args "$name" "$gpus"
+  gpus=$((10#$gpus))
   local pos=("${@:1:$npos}")
   shift "$npos"
   if ! has_gpu; then
@@ -43,6 +73,7 @@ dist_run() {
 slurm_run() {
   local partition=$1 job=$2 script=$3 npos=$4
   shift 4
+  check_slurm_args "slurm_${script%.py}.sh"
   local pos=("${@:1:$npos}")
   shift "$npos"
   # shellcheck disable=SC2086  # SRUN_ARGS is a list of options

@@ -15,7 +15,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if ROOT not in sys.path:  # configs import the repository's packages (custom_imports=['det'] / ['seg'])
     sys.path.insert(0, ROOT)
 
-from det.cli import main_test as main  # noqa: E402
+from det.cli import cli_test as main  # noqa: E402
 
 if __name__ == "__main__":
     main()
