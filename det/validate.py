@@ -109,7 +109,8 @@ class FileCheck:
         parts = [f"{n_ann} invalid annotation{'s' * (n_ann != 1)}"] if n_ann else []
         parts += [f"{n_img} invalid image{'s' * (n_img != 1)}"] if n_img else []
         parts += ["unusable"] if self.fatal else []
-        head = f"{self.what} {self.path} ({', '.join(self.where)}): {', '.join(parts)}"
+        used = f" ({', '.join(self.where)})" if self.where else ""
+        head = f"{self.what} {self.path}{used}: {', '.join(parts)}"
         lines = [head] + [f"  - {text}" for text in self.fatal]
         for unit, table in (("annotation", self.annotations), ("image", self.images)):
             for kind, items in table.items():

@@ -116,6 +116,7 @@ def det_options(coco: Path, checkpoint: str) -> dict:
     return opts
 
 
+@pytest.mark.slow  # ~40 s; the default run trains and tests Cascade Mask R-CNN in the quick demo and resumes seg below
 def test_det_dist_train_test_resume(pretrain_checkpoint, tmp_path) -> None:
     coco = data_dir("tiny_coco", "instances_train2017_small.json", "train_2017_small")
     work = tmp_path / "work"

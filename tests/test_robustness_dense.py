@@ -176,6 +176,7 @@ def test_dense_detection_tiny_cascade_mask_rcnn_on_tiny_coco(tmp_path) -> None:
         (probes["gaussian_noise/1"].float() - probes["clean"].float()).abs().mean()
 
 
+@pytest.mark.slow  # ~30 s; the default run keeps the detection path and the dense reliability tests
 def test_dense_segmentation_tiny_upernet_ade20k_interrupt_and_resume(tmp_path) -> None:
     """Acceptance (all 15 corruptions at one severity, corrupted after the test Resize to keep glass blur cheap):
     ADE20K-format data, mIoU per cell, P / mPC / rPC; an interrupted run resumes without recomputing finished

@@ -45,6 +45,7 @@ def _masks(h: int, w: int, boxes: np.ndarray):
     return BitmapMasks(m, h, w)
 
 
+@pytest.mark.slow  # ~15 s; the quick demo trains the same detector in the default run
 def test_mmdet_cascade_mask_rcnn_loss_backward() -> None:
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample

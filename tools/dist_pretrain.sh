@@ -8,6 +8,7 @@ set -euo pipefail
 CONFIG=${1:?usage: dist_pretrain.sh CONFIG GPUS [args]}
 GPUS=${2:?usage: dist_pretrain.sh CONFIG GPUS [args]}
 source "$(dirname "${BASH_SOURCE[0]}")/launch_common.sh"
+check_dist_args dist_pretrain.sh "$GPUS"  # GPUS, NNODES, NODE_RANK, PORT: integers, before anything starts
 # tools/pretrain.py reads torchrun's environment itself (NCCL on GPUs, gloo on CPU): no --launcher.
 exec "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" --master_port="$PORT" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Slurm evaluation: [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] \
 #   tools/slurm_test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args ...]
+# GPUS, GPUS_PER_NODE and CPUS_PER_TASK must be positive integers: checked before srun starts (exit 2).
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 PARTITION JOB_NAME CONFIG CHECKPOINT [test.py args ...]" >&2

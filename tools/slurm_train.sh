@@ -2,6 +2,7 @@
 # Slurm training: [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] \
 #   tools/slurm_train.sh PARTITION JOB_NAME CONFIG WORK_DIR [train.py args ...]
 # One task per GPU; mmengine reads the rank layout from the SLURM_* variables (--launcher slurm).
+# GPUS, GPUS_PER_NODE and CPUS_PER_TASK must be positive integers: checked before srun starts (exit 2).
 set -euo pipefail
 if [ $# -lt 4 ]; then
   echo "usage: $0 PARTITION JOB_NAME CONFIG WORK_DIR [train.py args ...]" >&2
