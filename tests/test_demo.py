@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from headless_browser import render
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESSES = ("knn", "linear", "robustness", "det", "seg")
 
 
+@pytest.mark.slow  # ~4 min on 2 cores (8 mmdet / mmseg processes): over the default tier's 10-minute budget
 def test_quick_demo_end_to_end(tmp_path: Path) -> None:
     env = dict(os.environ, IBOT_CACHE_DIR=str(tmp_path / "cache"), PYTHONWARNINGS="ignore")  # a new machine's data
     work = tmp_path / "demo"

@@ -25,8 +25,9 @@ draws into that form, so the engine's output can be compared with the reference'
 ``tests/test_corruption_engine.py`` and ``benchmarks/corruption_fidelity.py`` for the numbers. Notes per corruption:
 
 * Arithmetic is float32 except where the reference's float64 decides integers (truncation to uint8 of values that are
-  often exact integers, thresholds): shot noise, frost and contrast use float64 lookup tables or float64 ops, the
-  spatter liquid field is float64. Outputs are truncated to uint8 like numpy's cast, never rounded.
+  often exact integers, thresholds): shot noise, frost and contrast are float64 lookup tables, brightness and
+  saturate run in float64, and spatter's liquid field is smoothed with scipy's own float64 summation. Outputs are
+  truncated to uint8 like numpy's cast, never rounded.
 * glass_blur's pixel loop looks sequential, but its "swaps" are copies (numpy views), which makes the result a
   pointer chase that is resolved in parallel exactly (:func:`~robustness.corruption_engine.blur.glass_sources`).
 * impulse_noise's reference draws from an unseeded generator (scikit-image >= 0.20); the fidelity check pins it.

@@ -53,10 +53,11 @@ def brightness(images: Tensor, severity: int, draws: Draws | None = None,
     ``q = V (1 - f s)``, ...) and that factor is ``channel / V`` of the input, so the round trip is
     ``rgb * V' / V`` (greys, ``V = 0``: ``V'``): a few element-wise ops instead of two colour-space conversions.
     """
-    x = to_unit(images)
+    x = to_unit(images, torch.float64)  # float64 like skimage: integer results stay integers before truncation
     v = x.amax(1, keepdim=True)
     v_new = (v + BRIGHTNESS[severity - 1]).clamp_(0, 1)
-    out = torch.where(v > 0, x * (v_new / v.clamp(min=1e-12)), v_new)
+    # the maximal channel(s) become V' exactly, as in hsv2rgb; the others scale
+    out = torch.where(x == v, v_new, x * (v_new / v.clamp(min=1e-12)))
     return unit_to_uint8(out)
 
 
@@ -65,7 +66,7 @@ def saturate(images: Tensor, severity: int, draws: Draws | None = None,
     """RGB -> HSV, ``S = clip(S * a + b, 0, 1)``, HSV -> RGB (reference: ``saturate``; with ``b > 0`` greys, whose hue
     is 0, turn reddish, as in the reference)."""
     a, b = SATURATE[severity - 1]
-    hsv = rgb_to_hsv(to_unit(images))
+    hsv = rgb_to_hsv(to_unit(images, torch.float64))  # float64 like skimage (float32: 0.01-0.25 mean difference)
     h, s, v = hsv.unbind(1)
     hsv = torch.stack((h, (s * a + b).clamp(0, 1), v), 1)
     return unit_to_uint8(hsv_to_rgb(hsv))

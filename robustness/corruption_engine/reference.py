@@ -41,7 +41,7 @@ def numpy_seed(seed: int, name: str, severity: int, key: str) -> int:
 
 def to_chw(image: np.ndarray) -> Tensor:
     """uint8 ``(H, W, 3)`` numpy -> uint8 ``(3, H, W)`` tensor."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(image, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1).contiguous()
 
 
 def to_hwc(image: Tensor) -> np.ndarray:
